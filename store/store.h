@@ -1,0 +1,164 @@
+/* store.h: the internal header of store/ (design §5).
+ *
+ * Threading: every store_* call and every callback runs on the reactor thread.
+ * Blocking work (open, read, write, fsync, rename, readdir, unlink) runs on the
+ * aio worker pool; a job owns its buffers and paths and never touches reactor
+ * state. Jobs on the same folder run one at a time, in submission order.
+ *
+ * Cancellation: every async call returns a request handle. store_cancel()
+ * guarantees the callback is never called afterwards (the job may still finish
+ * its syscalls; its results are then freed by the store).
+ *
+ * Layering: store/ includes nothing from server/, protocols/ or relay/. */
+#ifndef POSTLING_STORE_H
+#define POSTLING_STORE_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+struct event_base;
+
+/* ---------------------------------------------------------------- aio.c */
+
+struct aio;
+struct aio_job;
+typedef void (*aio_work_fn)(void *arg);                   /* worker thread */
+typedef void (*aio_done_fn)(void *arg, bool cancelled);   /* reactor thread */
+
+struct aio *aio_new(struct event_base *base, int nthreads);
+/* Queue work(arg) on a worker; then done(arg, cancelled) on the reactor. done is
+ * always called exactly once (with cancelled=true after aio_cancel) so it can free arg. */
+struct aio_job *aio_submit(struct aio *a, aio_work_fn work, aio_done_fn done, void *arg);
+void aio_cancel(struct aio_job *j);
+size_t aio_pending(const struct aio *a);
+/* Waits for running jobs, runs pending done callbacks as cancelled, joins threads. */
+void aio_free(struct aio **a_r);
+
+/* ---------------------------------------------------------------- maildir.c */
+
+/* Maildir flags as kept in file names (":2,<flags>", sorted ASCII) */
+enum {
+	MF_DRAFT = 1 << 0,     /* D */
+	MF_FLAGGED = 1 << 1,   /* F */
+	MF_PASSED = 1 << 2,    /* P */
+	MF_REPLIED = 1 << 3,   /* R */
+	MF_SEEN = 1 << 4,      /* S */
+	MF_TRASHED = 1 << 5,   /* T (IMAP \Deleted) */
+};
+
+/* <data_dir>/mail/<domain>/<local>; NULL if the address is unsafe as a path
+ * (empty parts, '/', leading '.', control bytes). malloc'ed. */
+char *maildir_user_path(const char *data_dir, const char *address);
+/* Folder dir: user path for "INBOX", else "<user>/.<name>" (Maildir++). NULL if unsafe. */
+char *maildir_folder_path(const char *user_path, const char *folder);
+/* mkdir -p of the user Maildir with cur/ new/ tmp/ (and the default special-use
+ * folders .Sent .Drafts .Trash .Junk .Archive). Blocking. */
+int maildir_create(const char *user_path);
+/* Unique base name "<secs>.M<usecs>P<pid>Q<seq>.<host>" (host with '/' and ':' escaped) */
+char *maildir_unique_name(const char *hostname);
+int maildir_parse_flags(const char *filename);            /* bits from ":2,..." */
+/* Durable delivery of one message (blocking; CLI `deliver` and workers use it):
+ * write tmp/<unique>, fsync, link/rename into new/<unique>,S=<size>, fsync new/.
+ * Input line endings are normalised to CRLF (the store keeps CRLF so sizes
+ * are exact octet counts for POP3/IMAP). Returns 0, or -1 with errno set and
+ * nothing left in tmp/ or new/. *size_r = stored size. */
+int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd, uint64_t max_size,
+    uint64_t *size_r);
+int maildir_deliver_buf(const char *folder_path, const char *hostname, const char *data, size_t len,
+    uint64_t *size_r);
+/* Remove tmp/ files older than 36 hours (Maildir convention) */
+int maildir_clean_tmp(const char *folder_path);
+
+/* ---------------------------------------------------------------- index.c */
+
+/* One message as the index knows it. */
+struct store_msg {
+	uint32_t uid;
+	uint64_t modseq;
+	uint32_t flags;              /* MF_* */
+	uint64_t size;               /* octets as stored (CRLF) */
+	time_t internal_date;
+	char *base;                  /* Maildir base name (up to ':'), owned */
+	bool in_new;                 /* file is in new/ (else cur/) */
+};
+
+struct store_index {
+	uint32_t uidvalidity;
+	uint32_t uidnext;
+	uint64_t highestmodseq;
+	struct store_msg *msgs;      /* sorted by uid */
+	size_t count;
+};
+
+/* Read <folder>/postling.index; -1 if missing or corrupt (caller rebuilds). */
+int index_read(const char *folder_path, struct store_index *ix);
+/* Atomic rewrite: postling.index.tmp, fsync, rename, fsync dir. */
+int index_write(const char *folder_path, const struct store_index *ix);
+/* Scan new/ and cur/ and reconcile with ix (which may be empty/fresh): files
+ * not in ix get uid = uidnext++ (in delivery-time order), entries whose file
+ * is gone are dropped, flags/location/size refreshed. *changed_r tells whether
+ * the index must be written. Blocking. */
+int index_sync(const char *folder_path, struct store_index *ix, bool *changed_r);
+void index_free(struct store_index *ix);
+/* Relative path of a message file ("new/<name>" or "cur/<name>"), found by
+ * looking up the base in the directory (the flags suffix may have changed). */
+char *index_msg_path(const char *folder_path, const struct store_msg *m);
+
+/* ---------------------------------------------------------------- store.c */
+
+struct store;
+
+struct store *store_new(struct event_base *base, const char *data_dir, const char *hostname,
+    int nthreads);
+void store_free(struct store **s_r);
+struct aio *store_aio(struct store *s);
+
+struct store_req;
+void store_cancel(struct store_req **r_r);
+
+/* Folder snapshot handed to a session: a copy it owns (free with store_view_free). */
+struct store_view {
+	char *user;                  /* address */
+	char *folder;                /* "INBOX" */
+	char *path;                  /* folder directory */
+	uint32_t uidvalidity, uidnext;
+	struct store_msg *msgs;      /* sorted by uid */
+	size_t count;
+	uint64_t total_size;
+};
+void store_view_free(struct store_view **v_r);
+
+/* error codes handed to callbacks: 0 ok, else an errno value */
+typedef void (*store_view_cb)(void *arg, int error, struct store_view *view);   /* view owned by cb */
+typedef void (*store_done_cb)(void *arg, int error);
+
+/* Create the user's Maildir if needed, load + sync the index (rebuilding it if
+ * missing/corrupt), write it back if changed, return a snapshot. */
+struct store_req *store_open_folder(struct store *s, const char *user, const char *folder,
+    store_view_cb cb, void *arg);
+
+/* Reading a message file in chunks (RETR/TOP/FETCH streaming). */
+struct store_file;
+typedef void (*store_file_cb)(void *arg, int error, struct store_file *f);   /* f owned by cb */
+typedef void (*store_read_cb)(void *arg, int error, const char *data, size_t len); /* len 0 = EOF */
+struct store_req *store_file_open(struct store *s, const struct store_view *v, const struct store_msg *m,
+    store_file_cb cb, void *arg);
+/* Read up to maxlen bytes at offset (data valid only during the callback) */
+struct store_req *store_file_read(struct store *s, struct store_file *f, uint64_t offset, size_t maxlen,
+    store_read_cb cb, void *arg);
+uint64_t store_file_size(const struct store_file *f);
+void store_file_close(struct store_file **f_r);
+
+/* Remove messages by uid (POP3 UPDATE state, IMAP EXPUNGE): unlink files, fsync
+ * the directories, update the index. Messages already gone count as removed. */
+struct store_req *store_expunge(struct store *s, const struct store_view *v, const uint32_t *uids,
+    size_t nuids, store_done_cb cb, void *arg);
+
+/* Durable delivery of one message (in memory) to several users' INBOX
+ * (design §5); cb error 0 only when every copy is fsync'ed. (Used by SMTP.) */
+struct store_req *store_deliver(struct store *s, char *const *users, size_t nusers,
+    const char *data, size_t len, store_done_cb cb, void *arg);
+
+#endif
