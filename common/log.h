@@ -9,6 +9,7 @@
 #ifndef POSTLING_LOG_H
 #define POSTLING_LOG_H
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum log_level { LL_DEBUG = 0, LL_INFO, LL_WARN, LL_ERROR };

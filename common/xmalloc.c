@@ -33,7 +33,8 @@ void *xreallocarray(void *p, size_t nmemb, size_t size)
 {
 	if (size != 0 && nmemb > SIZE_MAX / size)
 		oom(SIZE_MAX);
-	void *np = realloc(p, nmemb * size ? nmemb * size : 1);
+	size_t total = nmemb * size;
+	void *np = realloc(p, total != 0 ? total : 1);
 	if (np == NULL)
 		oom(nmemb * size);
 	return np;

@@ -1,0 +1,1527 @@
+/* config.c: the YAML configuration and the users file -> typed structs (design §7, §8).
+ *
+ * libyaml's document API loads the whole file into a node tree whose nodes carry
+ * line:column marks. `-o key.path=value` overrides edit that tree before it is
+ * mapped, so an overridden value is typed and validated exactly like one from the
+ * file. Mapping is table driven: one flat `struct key` table per mapping level
+ * says where each key's value goes and which handler parses it. Every problem
+ * ends the load with "FILE:LINE:COLUMN: message" (or "-o PATH: message" for a
+ * value that came from an override). */
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+#include "common/buf.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmalloc.h"
+
+#define CFG_MAX_FILE   (16u * 1024 * 1024)   /* config and users files */
+#define CFG_MAX_USERS  (256u * 1024 * 1024)  /* users file as written by cfg_save_users_file */
+#define OVR_MARK       SIZE_MAX              /* mark.index of nodes made by -o; mark.line = override number */
+
+struct ctx {
+	const char *name;            /* file name used in messages */
+	yaml_document_t *doc;        /* the tree being mapped */
+	char *const *ovr;            /* the -o strings, to name the origin of nodes they made */
+	char *err;
+	size_t errlen;
+};
+
+struct key;
+/* Parses node v into the field `k->off` bytes into base. */
+typedef int key_fn(struct ctx *c, yaml_node_t *v, void *base, const struct key *k);
+/* Validates a string; may rewrite it in place (lowercase) or replace *s_r. */
+typedef int check_fn(struct ctx *c, yaml_node_t *v, char **s_r);
+
+/* A list of mappings that become an array of structs (listeners, certificates, users). */
+struct objlist {
+	size_t size;                 /* element size */
+	const struct key *keys;      /* keys of one element */
+	void (*init)(void *elem);    /* defaults, before mapping */
+	int (*post)(struct ctx *c, yaml_node_t *n, void *elem);
+	int (*done)(struct ctx *c, yaml_node_t *seq, void *arr, size_t n);
+};
+
+struct key {
+	const char *name;
+	key_fn *fn;
+	size_t off;                  /* value's offset in the base struct */
+	size_t noff;                 /* element count's offset, for lists */
+	long long min, max;          /* range of integers and durations */
+	const struct key *sub;       /* key_map: the nested mapping's keys */
+	const struct objlist *list;  /* key_objs */
+	check_fn *check;             /* applied to each string value */
+	unsigned flags;
+};
+#define KF_REQUIRED     0x1u
+#define KF_SCALAR_LIST  0x2u     /* a single string counts as a one-element list */
+
+static const char *const proto_names[PROTO__COUNT] = {
+	[PROTO_SMTP] = "smtp", [PROTO_SUBMISSION] = "submission", [PROTO_SUBMISSIONS] = "submissions",
+	[PROTO_IMAP] = "imap", [PROTO_IMAPS] = "imaps", [PROTO_POP3] = "pop3", [PROTO_POP3S] = "pop3s",
+};
+
+static const char *const valid_mechs[] = {
+	"PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS",
+	"SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", NULL
+};
+
+/* ------------------------------------------------------------------ messages */
+
+static int verr_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+static int verr_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, va_list ap)
+{
+	char msg[768];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	if (m->index == OVR_MARK) {
+		const char *o = c->ovr[m->line];
+		snprintf(c->err, c->errlen, "-o %.*s: %s", (int)strcspn(o, "="), o, msg);
+	} else {
+		snprintf(c->err, c->errlen, "%s:%zu:%zu: %s", c->name, m->line + 1, m->column + 1, msg);
+	}
+	return -1;
+}
+
+static int fail_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int fail_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	verr_at(c, m, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static int fail(struct ctx *c, const yaml_node_t *n, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int fail(struct ctx *c, const yaml_node_t *n, const char *fmt, ...)
+{
+	static const yaml_mark_t top = { 0, 0, 0 };
+	va_list ap;
+	va_start(ap, fmt);
+	verr_at(c, n != NULL ? &n->start_mark : &top, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* An error about override number oi as a whole (bad path, bad syntax). */
+static int ovr_fail(struct ctx *c, size_t oi, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static int ovr_fail(struct ctx *c, size_t oi, const char *fmt, ...)
+{
+	yaml_mark_t m = { OVR_MARK, oi, 0 };
+	va_list ap;
+	va_start(ap, fmt);
+	verr_at(c, &m, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/* ------------------------------------------------------------------ nodes */
+
+static yaml_node_t *node(struct ctx *c, int id)
+{
+	return yaml_document_get_node(c->doc, id);
+}
+
+static const char *scalar(const yaml_node_t *n)
+{
+	return (const char *)n->data.scalar.value;
+}
+
+/* A plain empty, "~" or "null" scalar: an absent value (YAML 1.2 core schema). */
+static bool is_null(const yaml_node_t *n)
+{
+	if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+		return false;
+	const char *s = scalar(n);
+	return *s == '\0' || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 ||
+	    strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0;
+}
+
+static int type_err(struct ctx *c, const yaml_node_t *n, const char *name, const char *expected)
+{
+	if (n->type == YAML_SCALAR_NODE && is_null(n))
+		return fail(c, n, "%s: expected %s, found an empty value", name, expected);
+	if (n->type == YAML_SCALAR_NODE)
+		return fail(c, n, "%s: expected %s, found '%.60s'", name, expected, scalar(n));
+	return fail(c, n, "%s: expected %s, found %s", name, expected,
+	    n->type == YAML_MAPPING_NODE ? "a mapping" : "a list");
+}
+
+/* Value node of `key` in mapping m, or NULL. */
+static yaml_node_t *map_get(struct ctx *c, yaml_node_t *m, const char *key)
+{
+	if (m == NULL || m->type != YAML_MAPPING_NODE)
+		return NULL;
+	for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
+		yaml_node_t *k = node(c, p->key);
+		if (k->type == YAML_SCALAR_NODE && strcmp(scalar(k), key) == 0)
+			return node(c, p->value);
+	}
+	return NULL;
+}
+
+static yaml_node_t *seq_item(struct ctx *c, yaml_node_t *s, size_t i)
+{
+	if (s == NULL || s->type != YAML_SEQUENCE_NODE)
+		return NULL;
+	if (i >= (size_t)(s->data.sequence.items.top - s->data.sequence.items.start))
+		return NULL;
+	return node(c, s->data.sequence.items.start[i]);
+}
+
+/* ------------------------------------------------------------------ did you mean */
+
+/* Optimal string alignment distance (Damerau-Levenshtein with adjacent swaps). */
+static size_t edit_distance(const char *a, const char *b)
+{
+	enum { MAXLEN = 40 };
+	size_t d[MAXLEN + 1][MAXLEN + 1];
+	size_t la = strlen(a), lb = strlen(b);
+	if (la > MAXLEN || lb > MAXLEN)
+		return SIZE_MAX;
+	for (size_t i = 0; i <= la; i++)
+		d[i][0] = i;
+	for (size_t j = 0; j <= lb; j++)
+		d[0][j] = j;
+	for (size_t i = 1; i <= la; i++) {
+		for (size_t j = 1; j <= lb; j++) {
+			size_t cost = tolower((unsigned char)a[i - 1]) != tolower((unsigned char)b[j - 1]);
+			size_t v = d[i - 1][j - 1] + cost;
+			if (d[i - 1][j] + 1 < v)
+				v = d[i - 1][j] + 1;
+			if (d[i][j - 1] + 1 < v)
+				v = d[i][j - 1] + 1;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < v)
+				v = d[i - 2][j - 2] + 1;
+			d[i][j] = v;
+		}
+	}
+	return d[la][lb];
+}
+
+static int unknown_key(struct ctx *c, yaml_node_t *kn, const char *name, const struct key *keys)
+{
+	const char *best = NULL;
+	size_t bestd = 3;   /* suggest only within distance 2 */
+	for (const struct key *k = keys; k->name != NULL; k++) {
+		size_t d = edit_distance(name, k->name);
+		if (d < bestd) {
+			bestd = d;
+			best = k->name;
+		}
+	}
+	if (best != NULL)
+		return fail(c, kn, "unknown key '%.60s', did you mean '%s'?", name, best);
+	char valid[512] = "";
+	for (const struct key *k = keys; k->name != NULL; k++) {
+		size_t l = strlen(valid);
+		snprintf(valid + l, sizeof(valid) - l, "%s%s", l ? ", " : "", k->name);
+	}
+	return fail(c, kn, "unknown key '%.60s' (valid here: %s)", name, valid);
+}
+
+/* ------------------------------------------------------------------ mapping */
+
+static const struct key *find_key(const struct key *keys, const char *name)
+{
+	for (const struct key *k = keys; k->name != NULL; k++)
+		if (strcmp(k->name, name) == 0)
+			return k;
+	return NULL;
+}
+
+static int map_pair(struct ctx *c, const yaml_node_pair_t *p, const struct key *keys, void *base,
+    uint32_t *seen)
+{
+	yaml_node_t *kn = node(c, p->key);
+	if (kn->type != YAML_SCALAR_NODE)
+		return fail(c, kn, "expected a key name, found %s",
+		    kn->type == YAML_MAPPING_NODE ? "a mapping" : "a list");
+	const struct key *k = find_key(keys, scalar(kn));
+	if (k == NULL)
+		return unknown_key(c, kn, scalar(kn), keys);
+	uint32_t bit = 1u << (k - keys);
+	if (*seen & bit)
+		return fail(c, kn, "duplicate key '%s'", k->name);
+	*seen |= bit;
+	return k->fn(c, node(c, p->value), base, k);
+}
+
+/* Map mapping n (NULL or null: empty) through the key table into base. */
+static int map_mapping(struct ctx *c, yaml_node_t *n, const struct key *keys, void *base,
+    const char *what)
+{
+	uint32_t seen = 0;
+	if (n != NULL && !is_null(n)) {
+		if (n->type != YAML_MAPPING_NODE)
+			return type_err(c, n, what, "a mapping");
+		for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++)
+			if (map_pair(c, p, keys, base, &seen) == -1)
+				return -1;
+	}
+	for (size_t i = 0; keys[i].name != NULL; i++)
+		if ((keys[i].flags & KF_REQUIRED) && !(seen & (1u << i)))
+			return fail(c, n, "missing required key '%s'", keys[i].name);
+	return 0;
+}
+
+static void *field(void *base, size_t off)
+{
+	return (char *)base + off;
+}
+
+static int get_str(struct ctx *c, yaml_node_t *v, const struct key *k, char **s_r)
+{
+	if (v->type != YAML_SCALAR_NODE)
+		return type_err(c, v, k->name, "a string");
+	if (strlen(scalar(v)) != v->data.scalar.length)
+		return fail(c, v, "%s: contains a NUL character", k->name);
+	char *s = xstrdup(is_null(v) ? "" : scalar(v));
+	if (k->check != NULL && k->check(c, v, &s) == -1) {
+		free(s);
+		return -1;
+	}
+	*s_r = s;
+	return 0;
+}
+
+static int key_str(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	char *s, **dst = field(base, k->off);
+	if (get_str(c, v, k, &s) == -1)
+		return -1;
+	free(*dst);
+	*dst = s;
+	return 0;
+}
+
+/* A list of strings (NULL-terminated, with count); null is the empty list. */
+static int key_strlist(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	char ***dst = field(base, k->off);
+	size_t *np = field(base, k->noff), n = 0;
+	bool single = v->type == YAML_SCALAR_NODE && !is_null(v) && (k->flags & KF_SCALAR_LIST);
+	if (v->type == YAML_SEQUENCE_NODE)
+		n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+	else if (single)
+		n = 1;
+	else if (!is_null(v))
+		return type_err(c, v, k->name, "a list");
+	xfree_strv(dst);
+	*dst = xcalloc(n + 1, sizeof(char *));
+	*np = 0;
+	for (size_t i = 0; i < n; i++) {
+		yaml_node_t *it = single ? v : node(c, v->data.sequence.items.start[i]);
+		if (get_str(c, it, k, &(*dst)[i]) == -1)
+			return -1;
+		(*np)++;
+	}
+	return 0;
+}
+
+static bool parse_ll(const char *s, long long *r)
+{
+	const char *p = (*s == '-' || *s == '+') ? s + 1 : s;
+	if (!isdigit((unsigned char)*p))
+		return false;
+	for (const char *q = p; *q != '\0'; q++)
+		if (!isdigit((unsigned char)*q))
+			return false;
+	errno = 0;
+	*r = strtoll(s, NULL, 10);
+	return errno == 0;
+}
+
+static int key_int(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	long long n;
+	if (v->type != YAML_SCALAR_NODE || !parse_ll(scalar(v), &n))
+		return type_err(c, v, k->name, "an integer");
+	if (n < k->min || n > k->max)
+		return fail(c, v, "%s %lld out of range %lld..%lld", k->name, n, k->min, k->max);
+	*(int *)field(base, k->off) = (int)n;
+	return 0;
+}
+
+static int get_duration(struct ctx *c, yaml_node_t *v, const struct key *k, uint64_t *r)
+{
+	if (v->type != YAML_SCALAR_NODE)
+		return type_err(c, v, k->name, "a duration");
+	if (util_parse_duration(scalar(v), r) == -1)
+		return fail(c, v, "%s: bad duration '%.60s' (use e.g. 90, 30s, 5m, 4h, 5d)", k->name, scalar(v));
+	if (*r < (uint64_t)k->min || *r > (uint64_t)k->max)
+		return fail(c, v, "%s %s out of range %lld..%lld seconds", k->name, scalar(v), k->min, k->max);
+	return 0;
+}
+
+static int key_dur_int(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	uint64_t d;
+	if (get_duration(c, v, k, &d) == -1)
+		return -1;
+	*(int *)field(base, k->off) = (int)d;   /* k->max keeps it within int */
+	return 0;
+}
+
+static int key_dur64(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	return get_duration(c, v, k, field(base, k->off));
+}
+
+static int key_size(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	if (v->type != YAML_SCALAR_NODE)
+		return type_err(c, v, k->name, "a size");
+	if (util_parse_size(scalar(v), field(base, k->off)) == -1)
+		return fail(c, v, "%s: bad size '%.60s' (use e.g. 0, 512M, 1G)", k->name, scalar(v));
+	return 0;
+}
+
+static int parse_bool(const char *s)
+{
+	static const char *const yes[] = { "true", "yes", "on" }, *const no[] = { "false", "no", "off" };
+	for (size_t i = 0; i < 3; i++) {
+		if (strcasecmp(s, yes[i]) == 0)
+			return 1;
+		if (strcasecmp(s, no[i]) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+static int key_bool(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	int b = v->type == YAML_SCALAR_NODE ? parse_bool(scalar(v)) : -1;
+	if (b == -1)
+		return type_err(c, v, k->name, "a boolean (true or false)");
+	*(bool *)field(base, k->off) = b;
+	return 0;
+}
+
+/* listeners.N.proxy_protocol: reserved, only false is accepted for now */
+static int key_reserved_false(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	if (key_bool(c, v, base, k) == -1)
+		return -1;
+	if (*(bool *)field(base, k->off))
+		return fail(c, v, "%s: not supported yet (must be false)", k->name);
+	return 0;
+}
+
+static int key_map(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	return map_mapping(c, v, k->sub, base, k->name);
+}
+
+/* A list of mappings -> array of k->list->size structs. The array and count are
+ * stored before the elements are mapped, so cfg_free can release a partial one. */
+static int key_objs(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	const struct objlist *ol = k->list;
+	size_t *np = field(base, k->noff), n = 0;
+	if (v->type == YAML_SEQUENCE_NODE)
+		n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+	else if (!is_null(v))
+		return type_err(c, v, k->name, "a list");
+	char *arr = xcalloc(n + 1, ol->size);
+	memcpy(field(base, k->off), &arr, sizeof(arr));   /* typed pointer slot, written bytewise */
+	for (size_t i = 0; i < n; i++) {
+		yaml_node_t *it = node(c, v->data.sequence.items.start[i]);
+		void *elem = arr + i * ol->size;
+		ol->init(elem);
+		(*np)++;
+		if (map_mapping(c, it, ol->keys, elem, k->name) == -1)
+			return -1;
+		if (ol->post != NULL && ol->post(c, it, elem) == -1)
+			return -1;
+	}
+	return ol->done != NULL ? ol->done(c, v, arr, n) : 0;
+}
+
+static int key_proto(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	if (v->type != YAML_SCALAR_NODE)
+		return type_err(c, v, k->name, "a protocol name");
+	for (int p = 0; p < PROTO__COUNT; p++) {
+		if (strcasecmp(scalar(v), proto_names[p]) == 0) {
+			*(enum cfg_proto *)field(base, k->off) = (enum cfg_proto)p;
+			return 0;
+		}
+	}
+	return fail(c, v, "unknown protocol '%.60s' (valid: smtp, submission, submissions, imap, imaps, "
+	    "pop3, pop3s)", scalar(v));
+}
+
+static int key_level(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	int l = v->type == YAML_SCALAR_NODE ? log_level_parse(scalar(v)) : -1;
+	if (l == -1 && v->type != YAML_SCALAR_NODE)
+		return type_err(c, v, k->name, "a log level");
+	if (l == -1)
+		return fail(c, v, "unknown log level '%.60s' (valid: debug, info, warn, error)", scalar(v));
+	*(int *)field(base, k->off) = l;
+	return 0;
+}
+
+static int key_tls_version(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
+{
+	if (v->type != YAML_SCALAR_NODE)
+		return type_err(c, v, k->name, "\"1.2\" or \"1.3\"");
+	if (strcmp(scalar(v), "1.2") != 0 && strcmp(scalar(v), "1.3") != 0)
+		return fail(c, v, "%s: expected \"1.2\" or \"1.3\", found '%.60s'", k->name, scalar(v));
+	*(int *)field(base, k->off) = scalar(v)[2] == '2' ? 12 : 13;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ value checks */
+
+static void lowercase(char *s)
+{
+	for (; *s != '\0'; s++)
+		*s = (char)tolower((unsigned char)*s);
+}
+
+static void uppercase(char *s)
+{
+	for (; *s != '\0'; s++)
+		*s = (char)toupper((unsigned char)*s);
+}
+
+/* Why a domain or local part is unsafe as a path component (design §5), or NULL. */
+static const char *part_problem(const char *s, size_t len)
+{
+	if (len == 0)
+		return "empty local part or domain";
+	if (s[0] == '.')
+		return "starts with '.'";
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)s[i];
+		if (ch < 0x20 || ch == 0x7f)
+			return "contains a control character";
+		if (ch == '/' || ch == '\\')
+			return "contains a slash";
+		if (ch == ' ')
+			return "contains a space";
+		if (ch == '.' && i + 1 < len && s[i + 1] == '.')
+			return "contains '..'";
+	}
+	return NULL;
+}
+
+static const char *address_problem(const char *s)
+{
+	const char *at = strchr(s, '@');
+	if (at == NULL || strchr(at + 1, '@') != NULL)
+		return "expected local@domain";
+	const char *why = part_problem(s, (size_t)(at - s));
+	return why != NULL ? why : part_problem(at + 1, strlen(at + 1));
+}
+
+static int check_address(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	lowercase(*s_r);
+	const char *why = address_problem(*s_r);
+	if (why != NULL)
+		return fail(c, v, "bad address '%.60s': %s", *s_r, why);
+	return 0;
+}
+
+static int check_domain(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	lowercase(*s_r);
+	const char *why = strchr(*s_r, '@') != NULL ? "contains '@'" : part_problem(*s_r, strlen(*s_r));
+	if (why != NULL)
+		return fail(c, v, "bad domain '%.60s': %s", *s_r, why);
+	return 0;
+}
+
+static int check_mech(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	uppercase(*s_r);
+	for (size_t i = 0; valid_mechs[i] != NULL; i++)
+		if (strcmp(*s_r, valid_mechs[i]) == 0)
+			return 0;
+	return fail(c, v, "unknown mechanism '%.60s' (valid: PLAIN, LOGIN, CRAM-MD5, DIGEST-MD5, "
+	    "SCRAM-SHA-1, SCRAM-SHA-1-PLUS, SCRAM-SHA-256, SCRAM-SHA-256-PLUS)", *s_r);
+}
+
+static int check_ip(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	unsigned char a[sizeof(struct in6_addr)];
+	if (inet_pton(AF_INET, *s_r, a) == 1 || inet_pton(AF_INET6, *s_r, a) == 1)
+		return 0;
+	return fail(c, v, "'%.60s' is not an IPv4 or IPv6 address", *s_r);
+}
+
+static int check_nonempty(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	return **s_r == '\0' ? fail(c, v, "value must not be empty") : 0;
+}
+
+static int check_hostname(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	for (const char *p = *s_r; *p != '\0'; p++)
+		if ((unsigned char)*p <= ' ' || *p == '/' || *p == 0x7f)
+			return fail(c, v, "bad hostname '%.60s'", *s_r);
+	return strlen(*s_r) > 253 ? fail(c, v, "hostname longer than 253 characters") : 0;
+}
+
+/* RFC 2449 §6.7: EXPIRE is NEVER or a number of days */
+static int check_expire(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	long long days;
+	uppercase(*s_r);
+	if (strcmp(*s_r, "NEVER") == 0 || (parse_ll(*s_r, &days) && days >= 0 && **s_r != '+'))
+		return 0;
+	return fail(c, v, "expire: expected NEVER or a number of days, found '%.60s'", *s_r);
+}
+
+/* "<iter>:<salt b64>:<StoredKey b64>:<ServerKey b64>" (RFC 5802 §5) */
+static int check_scram(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	const char *s = *s_r;
+	if (*s == '\0')
+		return 0;
+	size_t colons = 0;
+	for (const char *p = s; *p != '\0'; p++)
+		colons += *p == ':';
+	if (colons == 3 && isdigit((unsigned char)s[0]) && strspn(s, "0123456789") == strcspn(s, ":"))
+		return 0;
+	return fail(c, v, "expected '<iterations>:<salt>:<StoredKey>:<ServerKey>'");
+}
+
+static int check_readable(struct ctx *c, yaml_node_t *v, const char *s, const char *what)
+{
+	int fd = open(s, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	struct stat st;
+	if (fd == -1)
+		return fail(c, v, "cannot read %s file '%.200s': %s", what, s, strerror(errno));
+	bool reg = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+	close(fd);
+	return reg ? 0 : fail(c, v, "cannot read %s file '%.200s': not a regular file", what, s);
+}
+
+static int check_cert_file(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	return check_readable(c, v, *s_r, "certificate");
+}
+
+static int check_key_file(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	return check_readable(c, v, *s_r, "key");
+}
+
+static int check_users_file(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	return **s_r == '\0' ? 0 : check_readable(c, v, *s_r, "users");
+}
+
+/* ------------------------------------------------------------------ key tables */
+
+static char **strv_dup(const char *const *src, size_t *n_r)
+{
+	size_t n = 0;
+	while (src[n] != NULL)
+		n++;
+	char **v = xcalloc(n + 1, sizeof(*v));
+	for (size_t i = 0; i < n; i++)
+		v[i] = xstrdup(src[i]);
+	*n_r = n;
+	return v;
+}
+
+static void listener_init(void *elem)
+{
+	struct cfg_listener *l = elem;
+	l->proto = PROTO_SMTP;
+}
+
+static int listener_post(struct ctx *c, yaml_node_t *n, void *elem)
+{
+	static const char *const any[] = { "0.0.0.0", "::", NULL };
+	struct cfg_listener *l = elem;
+	l->line = (int)n->start_mark.line + 1;
+	if (l->addresses == NULL)
+		l->addresses = strv_dup(any, &l->naddresses);
+	return 0;
+}
+
+static void cert_init(void *elem)
+{
+	struct cfg_cert *ce = elem;
+	ce->cert = xstrdup("");
+	ce->key = xstrdup("");
+}
+
+static void user_init(void *elem)
+{
+	struct cfg_user *u = elem;
+	u->address = xstrdup("");
+	u->password = xstrdup("");
+	u->secret = xstrdup("");
+	u->scram_sha1 = xstrdup("");
+	u->scram_sha256 = xstrdup("");
+	u->aliases = xcalloc(1, sizeof(char *));
+}
+
+static int users_done(struct ctx *c, yaml_node_t *seq, void *arr, size_t n);
+
+#define LOFF(f) offsetof(struct cfg_listener, f)
+static const struct key listener_keys[] = {
+	{ "protocol", key_proto, LOFF(proto), .flags = KF_REQUIRED },
+	{ "address", key_strlist, LOFF(addresses), LOFF(naddresses), .check = check_ip,
+	  .flags = KF_SCALAR_LIST },
+	{ "port", key_int, LOFF(port), .min = 1, .max = 65535, .flags = KF_REQUIRED },
+	{ "proxy_protocol", key_reserved_false, LOFF(proxy_protocol) },
+	{ .name = NULL },
+};
+static const struct objlist listener_list = {
+	sizeof(struct cfg_listener), listener_keys, listener_init, listener_post, NULL
+};
+
+#define CEOFF(f) offsetof(struct cfg_cert, f)
+static const struct key cert_keys[] = {
+	{ "cert", key_str, CEOFF(cert), .check = check_cert_file, .flags = KF_REQUIRED },
+	{ "key", key_str, CEOFF(key), .check = check_key_file, .flags = KF_REQUIRED },
+	{ .name = NULL },
+};
+static const struct objlist cert_list = { sizeof(struct cfg_cert), cert_keys, cert_init, NULL, NULL };
+
+#define UOFF(f) offsetof(struct cfg_user, f)
+static const struct key user_keys[] = {
+	{ "address", key_str, UOFF(address), .check = check_address, .flags = KF_REQUIRED },
+	{ "password", key_str, UOFF(password) },
+	{ "secret", key_str, UOFF(secret) },
+	{ "scram_sha1", key_str, UOFF(scram_sha1), .check = check_scram },
+	{ "scram_sha256", key_str, UOFF(scram_sha256), .check = check_scram },
+	{ "aliases", key_strlist, UOFF(aliases), UOFF(naliases), .check = check_address },
+	{ "quota", key_size, UOFF(quota) },
+	{ .name = NULL },
+};
+static const struct objlist user_list = { sizeof(struct cfg_user), user_keys, user_init, NULL, users_done };
+
+#define OFF(f) offsetof(struct config, f)
+#define DAYS(n) ((long long)(n) * 86400)
+static const struct key server_keys[] = {
+	{ "hostname", key_str, OFF(server.hostname), .check = check_hostname },
+	{ "data_dir", key_str, OFF(server.data_dir), .check = check_nonempty },
+	{ "user", key_str, OFF(server.user) },
+	{ "max_connections", key_int, OFF(server.max_connections), .min = 1, .max = 1000000 },
+	{ "max_connections_per_ip", key_int, OFF(server.max_connections_per_ip), .min = 1, .max = 1000000 },
+	{ "shutdown_timeout", key_dur_int, OFF(server.shutdown_timeout), .min = 0, .max = 3600 },
+	{ .name = NULL },
+};
+static const struct key log_keys[] = {
+	{ "level", key_level, OFF(log.level) },
+	{ "file", key_str, OFF(log.file) },
+	{ .name = NULL },
+};
+static const struct key tls_keys[] = {
+	{ "certificates", key_objs, OFF(tls.certificates), OFF(tls.ncertificates), .list = &cert_list },
+	{ "self_signed", key_bool, OFF(tls.self_signed) },
+	{ "min_version", key_tls_version, OFF(tls.min_version) },
+	{ .name = NULL },
+};
+static const struct key auth_keys[] = {
+	{ "mechanisms", key_strlist, OFF(auth.mechanisms), OFF(auth.nmechanisms), .check = check_mech },
+	{ "allow_plaintext", key_bool, OFF(auth.allow_plaintext) },
+	{ "max_failures", key_int, OFF(auth.max_failures), .min = 1, .max = 1000000 },
+	{ "fail_window", key_dur_int, OFF(auth.fail_window), .min = 1, .max = DAYS(1) },
+	{ .name = NULL },
+};
+static const struct key pop3_keys[] = {
+	{ "timeout", key_dur_int, OFF(pop3.timeout), .min = 30, .max = DAYS(1) },
+	{ "login_delay", key_dur_int, OFF(pop3.login_delay), .min = 0, .max = DAYS(1) },
+	{ "expire", key_str, OFF(pop3.expire), .check = check_expire },
+	{ .name = NULL },
+};
+static const struct key dns_keys[] = {
+	{ "servers", key_strlist, OFF(relay.dns_servers), OFF(relay.ndns_servers), .check = check_ip },
+	{ "port", key_int, OFF(relay.dns_port), .min = 1, .max = 65535 },
+	{ .name = NULL },
+};
+static const struct key relay_keys[] = {
+	{ "smarthost", key_str, OFF(relay.smarthost) },
+	{ "dns", key_map, 0, .sub = dns_keys },
+	{ "port", key_int, OFF(relay.port), .min = 1, .max = 65535 },
+	{ "retry_initial", key_dur64, OFF(relay.retry_initial), .min = 1, .max = DAYS(30) },
+	{ "retry_max", key_dur64, OFF(relay.retry_max), .min = 1, .max = DAYS(30) },
+	{ "warn_after", key_dur64, OFF(relay.warn_after), .min = 0, .max = DAYS(365) },
+	{ "max_queue_time", key_dur64, OFF(relay.max_queue_time), .min = 1, .max = DAYS(365) },
+	{ .name = NULL },
+};
+static const struct key root_keys[] = {
+	{ "server", key_map, 0, .sub = server_keys },
+	{ "log", key_map, 0, .sub = log_keys },
+	{ "tls", key_map, 0, .sub = tls_keys },
+	{ "listeners", key_objs, OFF(listeners), OFF(nlisteners), .list = &listener_list },
+	{ "domains", key_strlist, OFF(domains), OFF(ndomains), .check = check_domain },
+	{ "auth", key_map, 0, .sub = auth_keys },
+	{ "pop3", key_map, 0, .sub = pop3_keys },
+	{ "users_file", key_str, OFF(users_file), .check = check_users_file },
+	{ "users", key_objs, OFF(users), OFF(nusers), .list = &user_list },
+	{ "relay", key_map, 0, .sub = relay_keys },
+	{ .name = NULL },
+};
+
+/* the users file: a top-level `users:` list */
+struct users_doc {
+	struct cfg_user *users;
+	size_t n;
+};
+static const struct key users_doc_keys[] = {
+	{ "users", key_objs, offsetof(struct users_doc, users), offsetof(struct users_doc, n),
+	  .list = &user_list },
+	{ .name = NULL },
+};
+
+/* ------------------------------------------------------------------ whole-config checks */
+
+/* One entry per address and alias, to find duplicates by sorting. */
+struct addr_ref {
+	const char *s;
+	size_t user;
+	size_t alias;                /* SIZE_MAX: the account address itself */
+};
+
+static int addr_ref_cmp(const void *a, const void *b)
+{
+	const struct addr_ref *x = a, *y = b;
+	int r = strcmp(x->s, y->s);
+	if (r != 0)
+		return r;
+	if (x->user != y->user)
+		return x->user < y->user ? -1 : 1;
+	return x->alias == y->alias ? 0 : (x->alias + 1 < y->alias + 1 ? -1 : 1);
+}
+
+static yaml_node_t *addr_ref_node(struct ctx *c, yaml_node_t *seq, const struct addr_ref *r)
+{
+	yaml_node_t *u = seq_item(c, seq, r->user);
+	if (r->alias == SIZE_MAX)
+		return map_get(c, u, "address");
+	yaml_node_t *al = map_get(c, u, "aliases");
+	return al != NULL && al->type == YAML_SEQUENCE_NODE ? seq_item(c, al, r->alias) : al;
+}
+
+/* An address or alias may name one account only. */
+static int users_done(struct ctx *c, yaml_node_t *seq, void *arr, size_t n)
+{
+	struct cfg_user *u = arr;
+	size_t total = 0, k = 0;
+	for (size_t i = 0; i < n; i++)
+		total += 1 + u[i].naliases;
+	struct addr_ref *refs = xreallocarray(NULL, total + 1, sizeof(*refs));
+	for (size_t i = 0; i < n; i++) {
+		refs[k++] = (struct addr_ref){ u[i].address, i, SIZE_MAX };
+		for (size_t j = 0; j < u[i].naliases; j++)
+			refs[k++] = (struct addr_ref){ u[i].aliases[j], i, j };
+	}
+	qsort(refs, total, sizeof(*refs), addr_ref_cmp);
+	int r = 0;
+	for (k = 1; k < total && r == 0; k++)
+		if (strcmp(refs[k - 1].s, refs[k].s) == 0)
+			r = fail(c, addr_ref_node(c, seq, &refs[k]), "duplicate address '%.60s' (already used by "
+			    "user '%.60s')", refs[k].s, u[refs[k - 1].user].address);
+	free(refs);
+	return r;
+}
+
+/* Listeners that cannot work without a certificate: implicit TLS, and submission
+ * while plaintext AUTH is off (design §6: STARTTLS before AUTH on 587). */
+static int check_listeners(struct ctx *c, const struct config *cfg, yaml_node_t *root)
+{
+	yaml_node_t *seq = map_get(c, root, "listeners");
+	if (cfg->nlisteners == 0)
+		return fail(c, seq != NULL ? seq : root, "at least one listener is required");
+	if (cfg->tls.ncertificates > 0 || cfg->tls.self_signed)
+		return 0;
+	for (size_t i = 0; i < cfg->nlisteners; i++) {
+		enum cfg_proto p = cfg->listeners[i].proto;
+		yaml_node_t *n = seq_item(c, seq, i);
+		if (cfg_proto_implicit_tls(p))
+			return fail(c, n, "listener %s needs TLS: set tls.certificates or tls.self_signed: true",
+			    proto_names[p]);
+		if (p == PROTO_SUBMISSION && !cfg->auth.allow_plaintext)
+			return fail(c, n, "listener submission needs TLS for AUTH: set tls.certificates or "
+			    "tls.self_signed: true (or auth.allow_plaintext: true)");
+	}
+	return 0;
+}
+
+static int config_finish(struct ctx *c, yaml_node_t *root, void *base)
+{
+	struct config *cfg = base;
+	if (cfg->server.hostname[0] == '\0') {
+		char host[256];
+		free(cfg->server.hostname);
+		if (gethostname(host, sizeof(host)) == -1 || host[0] == '\0')
+			snprintf(host, sizeof(host), "localhost");
+		host[sizeof(host) - 1] = '\0';
+		cfg->server.hostname = xstrdup(host);
+	}
+	if (check_listeners(c, cfg, root) == -1)
+		return -1;
+	if (cfg->users_file[0] != '\0') {
+		/* parse-check only: the server loads it (and reloads it on SIGHUP) itself */
+		struct cfg_user *users = NULL;
+		size_t n = 0;
+		if (cfg_load_users_file(cfg->users_file, &users, &n, c->err, c->errlen) == -1)
+			return -1;
+		cfg_users_free(&users, n);
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ YAML parsing */
+
+static void offset_to_mark(const char *text, size_t off, yaml_mark_t *m)
+{
+	m->index = off;
+	m->line = m->column = 0;
+	for (size_t i = 0; i < off; i++) {
+		if (text[i] == '\n') {
+			m->line++;
+			m->column = 0;
+		} else {
+			m->column++;
+		}
+	}
+}
+
+/* Is the problem inside a line's leading whitespace that holds a tab? libyaml
+ * reports those as "found character that cannot start any token" or so. */
+static bool tab_indent(const char *text, size_t len, const yaml_mark_t *m, size_t *col_r)
+{
+	size_t i = 0;
+	bool tab = false;
+	for (size_t line = 0; line < m->line && i < len; i++)
+		if (text[i] == '\n')
+			line++;
+	for (size_t col = 0; col <= m->column && i + col < len; col++) {
+		if (text[i + col] == '\t' && !tab) {
+			*col_r = col;
+			tab = true;
+		} else if (text[i + col] != ' ' && text[i + col] != '\t') {
+			return false;
+		}
+	}
+	return tab;
+}
+
+static int parser_error(struct ctx *c, const yaml_parser_t *p, const char *text, size_t len)
+{
+	yaml_mark_t m = p->problem_mark;
+	const char *problem = p->problem != NULL ? p->problem : "YAML syntax error";
+	size_t col;
+	if (p->error == YAML_MEMORY_ERROR)
+		fatalx("config: out of memory parsing YAML");
+	if (p->error == YAML_READER_ERROR) {
+		offset_to_mark(text, p->problem_offset < len ? p->problem_offset : len, &m);
+		return fail_at(c, &m, "%s (the file must be UTF-8)", problem);
+	}
+	if (tab_indent(text, len, &m, &col)) {
+		m.column = col;
+		return fail_at(c, &m, "found a tab character where indentation is expected "
+		    "(YAML forbids tabs for indentation)");
+	}
+	if (p->context != NULL)
+		return fail_at(c, &m, "%s (%s at line %zu, column %zu)", problem, p->context,
+		    p->context_mark.line + 1, p->context_mark.column + 1);
+	return fail_at(c, &m, "%s", problem);
+}
+
+static int parse_yaml(struct ctx *c, const char *text, size_t len, yaml_document_t *doc)
+{
+	yaml_parser_t p;
+	yaml_document_t extra;
+	int r = 0;
+	yaml_parser_initialize(&p);
+	yaml_parser_set_input_string(&p, (const unsigned char *)text, len);
+	if (!yaml_parser_load(&p, doc)) {
+		r = parser_error(c, &p, text, len);
+	} else if (!yaml_parser_load(&p, &extra)) {
+		r = parser_error(c, &p, text, len);
+		yaml_document_delete(doc);
+	} else {
+		yaml_node_t *root = yaml_document_get_root_node(&extra);
+		if (root != NULL) {
+			r = fail(c, root, "only one YAML document is allowed");
+			yaml_document_delete(doc);
+		}
+		yaml_document_delete(&extra);
+	}
+	yaml_parser_delete(&p);
+	return r;
+}
+
+/* ------------------------------------------------------------------ overrides (-o) */
+
+static int mark_new(struct ctx *c, int id, size_t oi)
+{
+	if (id == 0)
+		fatalx("config: out of memory building the YAML tree");
+	yaml_node_t *n = node(c, id);
+	n->start_mark.index = n->end_mark.index = OVR_MARK;
+	n->start_mark.line = n->end_mark.line = oi;
+	n->start_mark.column = n->end_mark.column = 0;
+	return id;
+}
+
+static int new_scalar(struct ctx *c, size_t oi, const char *s, size_t len)
+{
+	return mark_new(c, yaml_document_add_scalar(c->doc, NULL, (const yaml_char_t *)s, (int)len,
+	    YAML_PLAIN_SCALAR_STYLE), oi);
+}
+
+/* Copy node id of src (a flow value given with -o) into the config tree. */
+static int copy_node(struct ctx *c, yaml_document_t *src, int id, size_t oi, int depth)
+{
+	yaml_node_t *n = yaml_document_get_node(src, id);
+	int nid;
+	if (depth > 16)
+		return 0;
+	if (n->type == YAML_SCALAR_NODE)
+		return mark_new(c, yaml_document_add_scalar(c->doc, NULL, n->data.scalar.value,
+		    (int)n->data.scalar.length, n->data.scalar.style), oi);
+	if (n->type == YAML_SEQUENCE_NODE) {
+		nid = mark_new(c, yaml_document_add_sequence(c->doc, NULL, YAML_FLOW_SEQUENCE_STYLE), oi);
+		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
+			int child = copy_node(c, src, *it, oi, depth + 1);
+			if (child == 0 || !yaml_document_append_sequence_item(c->doc, nid, child))
+				return 0;
+		}
+		return nid;
+	}
+	nid = mark_new(c, yaml_document_add_mapping(c->doc, NULL, YAML_FLOW_MAPPING_STYLE), oi);
+	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+		int k = copy_node(c, src, p->key, oi, depth + 1), v = k ? copy_node(c, src, p->value, oi, depth + 1) : 0;
+		if (v == 0 || !yaml_document_append_mapping_pair(c->doc, nid, k, v))
+			return 0;
+	}
+	return nid;
+}
+
+/* The new value's node: a plain scalar, or YAML when it starts with [ or { */
+static int ovr_value(struct ctx *c, size_t oi, const char *val)
+{
+	size_t len = strlen(val);
+	if (len > INT_MAX / 2)
+		return ovr_fail(c, oi, "value too long");
+	if (val[0] != '[' && val[0] != '{') {
+		int id = yaml_document_add_scalar(c->doc, NULL, (const yaml_char_t *)val, (int)len,
+		    YAML_PLAIN_SCALAR_STYLE);
+		return id != 0 ? mark_new(c, id, oi) : ovr_fail(c, oi, "value is not valid UTF-8");
+	}
+	yaml_parser_t p;
+	yaml_document_t d;
+	int id = 0;
+	yaml_parser_initialize(&p);
+	yaml_parser_set_input_string(&p, (const unsigned char *)val, len);
+	if (!yaml_parser_load(&p, &d)) {
+		ovr_fail(c, oi, "bad YAML value: %s", p.problem != NULL ? p.problem : "syntax error");
+	} else {
+		id = copy_node(c, &d, 1, oi, 0);
+		if (id == 0)
+			ovr_fail(c, oi, "value nested too deeply");
+		yaml_document_delete(&d);
+	}
+	yaml_parser_delete(&p);
+	return id != 0 ? id : -1;
+}
+
+/* Where the current node hangs, so a null placeholder can become a mapping. */
+struct slot {
+	int parent;                  /* 0: the root itself */
+	size_t idx;
+	bool seq;
+};
+
+static void slot_set(struct ctx *c, const struct slot *s, int id)
+{
+	yaml_node_t *p = node(c, s->parent);
+	if (s->seq)
+		p->data.sequence.items.start[s->idx] = id;
+	else
+		p->data.mapping.pairs.start[s->idx].value = id;
+}
+
+/* Child `comp` of mapping cur, made when missing; val != 0 replaces it. */
+static int step_mapping(struct ctx *c, size_t oi, int cur, const char *comp, size_t len, int val,
+    struct slot *sl)
+{
+	yaml_node_t *m = node(c, cur);
+	size_t n = (size_t)(m->data.mapping.pairs.top - m->data.mapping.pairs.start);
+	for (size_t i = 0; i < n; i++) {
+		yaml_node_pair_t *p = &m->data.mapping.pairs.start[i];
+		yaml_node_t *k = node(c, p->key);
+		if (k->type == YAML_SCALAR_NODE && strlen(scalar(k)) == len && memcmp(scalar(k), comp, len) == 0) {
+			*sl = (struct slot){ cur, i, false };
+			if (val != 0)
+				p->value = val;
+			return p->value;
+		}
+	}
+	int key = new_scalar(c, oi, comp, len);
+	int v = val != 0 ? val : new_scalar(c, oi, "", 0);
+	if (!yaml_document_append_mapping_pair(c->doc, cur, key, v))
+		fatalx("config: out of memory building the YAML tree");
+	*sl = (struct slot){ cur, n, false };
+	return v;
+}
+
+static int step_sequence(struct ctx *c, size_t oi, int cur, const char *comp, size_t len, int val,
+    struct slot *sl)
+{
+	yaml_node_t *s = node(c, cur);
+	size_t n = (size_t)(s->data.sequence.items.top - s->data.sequence.items.start), idx = 0;
+	if (len == 0 || len > 9 || strspn(comp, "0123456789") < len)
+		return ovr_fail(c, oi, "no such list element");
+	for (size_t i = 0; i < len; i++)
+		idx = idx * 10 + (size_t)(comp[i] - '0');
+	if (idx >= n)
+		return ovr_fail(c, oi, "no such list element");
+	*sl = (struct slot){ cur, idx, true };
+	if (val != 0)
+		s->data.sequence.items.start[idx] = val;
+	return s->data.sequence.items.start[idx];
+}
+
+/* cur as a container: a null placeholder becomes an empty mapping. 0 if a scalar. */
+static int as_container(struct ctx *c, size_t oi, int cur, const struct slot *sl)
+{
+	yaml_node_t *n = node(c, cur);
+	if (n->type != YAML_SCALAR_NODE)
+		return cur;
+	if (!is_null(n) || sl->parent == 0)
+		return 0;
+	int m = mark_new(c, yaml_document_add_mapping(c->doc, NULL, YAML_BLOCK_MAPPING_STYLE), oi);
+	slot_set(c, sl, m);
+	return m;
+}
+
+static int set_path(struct ctx *c, size_t oi, const char *path, size_t pathlen, int val)
+{
+	int cur = 1;   /* the root is the first node */
+	struct slot sl = { 0, 0, false };
+	if (yaml_document_get_root_node(c->doc) == NULL)
+		mark_new(c, yaml_document_add_mapping(c->doc, NULL, YAML_BLOCK_MAPPING_STYLE), oi);
+	for (size_t at = 0;;) {
+		size_t len = strcspn(path + at, ".");
+		if (len > pathlen - at)
+			len = pathlen - at;
+		bool last = at + len == pathlen;
+		if (len == 0)
+			return ovr_fail(c, oi, "empty component in key path");
+		cur = as_container(c, oi, cur, &sl);
+		if (cur == 0 && at == 0)
+			return ovr_fail(c, oi, "the top level is not a mapping");
+		if (cur == 0)
+			return ovr_fail(c, oi, "'%.*s' is not a mapping or a list", (int)at - 1, path);
+		cur = node(c, cur)->type == YAML_SEQUENCE_NODE
+		    ? step_sequence(c, oi, cur, path + at, len, last ? val : 0, &sl)
+		    : step_mapping(c, oi, cur, path + at, len, last ? val : 0, &sl);
+		if (cur == -1 || last)
+			return cur == -1 ? -1 : 0;
+		at += len + 1;
+	}
+}
+
+static int apply_overrides(struct ctx *c, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *o = c->ovr[i], *eq = strchr(o, '=');
+		if (eq == NULL || eq == o)
+			return ovr_fail(c, i, "expected key.path=value");
+		int val = ovr_value(c, i, eq + 1);
+		if (val == -1 || set_path(c, i, o, (size_t)(eq - o), val) == -1)
+			return -1;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ loading */
+
+typedef int finish_fn(struct ctx *c, yaml_node_t *root, void *base);
+
+static int load_doc(struct ctx *c, const char *text, size_t len, size_t novr, const struct key *keys,
+    void *base, finish_fn *finish)
+{
+	yaml_document_t doc;
+	if (parse_yaml(c, text, len, &doc) == -1)
+		return -1;
+	c->doc = &doc;
+	int r = apply_overrides(c, novr);
+	yaml_node_t *root = yaml_document_get_root_node(&doc);
+	if (r == 0)
+		r = map_mapping(c, root, keys, base, "top level");
+	if (r == 0 && finish != NULL)
+		r = finish(c, root, base);
+	yaml_document_delete(&doc);
+	c->doc = NULL;
+	return r;
+}
+
+static int read_file(const char *path, struct buf *b, char *err, size_t errlen)
+{
+	char chunk[8192];
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd == -1) {
+		snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+		return -1;
+	}
+	buf_init(b, CFG_MAX_FILE);
+	for (;;) {
+		ssize_t r = read(fd, chunk, sizeof(chunk));
+		if (r == 0)
+			break;
+		if (r == -1 && errno == EINTR)
+			continue;
+		if (r == -1 || buf_append(b, chunk, (size_t)r) == -1) {
+			snprintf(err, errlen, "%s: cannot read: %s", path, r == -1 ? strerror(errno) : "file too large");
+			close(fd);
+			buf_free(b);
+			return -1;
+		}
+	}
+	close(fd);
+	return 0;
+}
+
+static void cfg_defaults(struct config *cfg, const char *path)
+{
+	static const char *const none[] = { NULL };
+	static const char *const mechs[] = { "PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", NULL };
+	cfg->path = xstrdup(path);
+	cfg->server.hostname = xstrdup("");
+	cfg->server.data_dir = xstrdup("/var/lib/postling");
+	cfg->server.user = xstrdup("postling");
+	cfg->server.max_connections = 2000;
+	cfg->server.max_connections_per_ip = 20;
+	cfg->server.shutdown_timeout = 30;
+	cfg->log.level = LL_INFO;
+	cfg->log.file = xstrdup("");
+	cfg->tls.min_version = 12;
+	cfg->domains = strv_dup(none, &cfg->ndomains);
+	cfg->auth.mechanisms = strv_dup(mechs, &cfg->auth.nmechanisms);
+	cfg->auth.max_failures = 10;
+	cfg->auth.fail_window = 900;
+	cfg->pop3.timeout = 600;
+	cfg->pop3.expire = xstrdup("NEVER");
+	cfg->users_file = xstrdup("");
+	cfg->relay.smarthost = xstrdup("");
+	cfg->relay.dns_servers = strv_dup(none, &cfg->relay.ndns_servers);
+	cfg->relay.dns_port = 53;
+	cfg->relay.port = 25;
+	cfg->relay.retry_initial = 5 * 60;
+	cfg->relay.retry_max = 60 * 60;
+	cfg->relay.warn_after = 4 * 60 * 60;
+	cfg->relay.max_queue_time = 5 * 86400;
+}
+
+struct config *cfg_load_string(const char *name, const char *text, size_t len,
+    char *const *overrides, size_t noverrides, char *err, size_t errlen)
+{
+	struct ctx c = { name, NULL, overrides, err, errlen };
+	struct config *cfg = xcalloc(1, sizeof(*cfg));
+	cfg_defaults(cfg, name);
+	if (load_doc(&c, text != NULL ? text : "", len, noverrides, root_keys, cfg, config_finish) == -1)
+		cfg_free(&cfg);
+	return cfg;
+}
+
+struct config *cfg_load(const char *path, char *const *overrides, size_t noverrides,
+    char *err, size_t errlen)
+{
+	struct buf b;
+	if (read_file(path, &b, err, errlen) == -1)
+		return NULL;
+	struct config *cfg = cfg_load_string(path, b.data, b.len, overrides, noverrides, err, errlen);
+	buf_free(&b);
+	return cfg;
+}
+
+static void cfg_user_clear(struct cfg_user *u)
+{
+	free(u->address);
+	free(u->password);
+	free(u->secret);
+	free(u->scram_sha1);
+	free(u->scram_sha256);
+	xfree_strv(&u->aliases);
+}
+
+void cfg_users_free(struct cfg_user **users_r, size_t n)
+{
+	struct cfg_user *u = *users_r;
+	if (u == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		cfg_user_clear(&u[i]);
+	free(u);
+	*users_r = NULL;
+}
+
+void cfg_free(struct config **cfg_r)
+{
+	struct config *cfg = *cfg_r;
+	if (cfg == NULL)
+		return;
+	free(cfg->path);
+	free(cfg->server.hostname);
+	free(cfg->server.data_dir);
+	free(cfg->server.user);
+	free(cfg->log.file);
+	for (size_t i = 0; i < cfg->tls.ncertificates; i++) {
+		free(cfg->tls.certificates[i].cert);
+		free(cfg->tls.certificates[i].key);
+	}
+	free(cfg->tls.certificates);
+	for (size_t i = 0; i < cfg->nlisteners; i++)
+		xfree_strv(&cfg->listeners[i].addresses);
+	free(cfg->listeners);
+	xfree_strv(&cfg->domains);
+	xfree_strv(&cfg->auth.mechanisms);
+	free(cfg->pop3.expire);
+	free(cfg->users_file);
+	cfg_users_free(&cfg->users, cfg->nusers);
+	free(cfg->relay.smarthost);
+	xfree_strv(&cfg->relay.dns_servers);
+	free(cfg);
+	*cfg_r = NULL;
+}
+
+/* ------------------------------------------------------------------ users file */
+
+int cfg_load_users_file(const char *path, struct cfg_user **users_r, size_t *nusers_r,
+    char *err, size_t errlen)
+{
+	struct ctx c = { path, NULL, NULL, err, errlen };
+	struct users_doc d = { NULL, 0 };
+	struct buf b;
+	if (read_file(path, &b, err, errlen) == -1)
+		return -1;
+	int r = load_doc(&c, b.data != NULL ? b.data : "", b.len, 0, users_doc_keys, &d, NULL);
+	buf_free(&b);
+	if (r == -1) {
+		cfg_users_free(&d.users, d.n);
+		return -1;
+	}
+	if (d.users == NULL)
+		d.users = xcalloc(1, sizeof(*d.users));
+	*users_r = d.users;
+	*nusers_r = d.n;
+	return 0;
+}
+
+/* RFC 3629 well-formed UTF-8 (YAML files must be UTF-8; the loader rejects others). */
+static bool utf8_valid(const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	while (*p != '\0') {
+		size_t n = *p < 0x80 ? 0 : *p >= 0xc2 && *p <= 0xdf ? 1 : (*p & 0xf0) == 0xe0 ? 2
+		    : *p >= 0xf0 && *p <= 0xf4 ? 3 : SIZE_MAX;
+		if (n == SIZE_MAX)
+			return false;
+		unsigned cp = n == 0 ? *p : *p & (0x3fu >> n);
+		for (size_t i = 1; i <= n; i++) {
+			if ((p[i] & 0xc0) != 0x80)
+				return false;
+			cp = (cp << 6) | (p[i] & 0x3fu);
+		}
+		if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+			return false;
+		p += n + 1;
+	}
+	return true;
+}
+
+/* A YAML double-quoted scalar: any string survives (control bytes as \xNN). */
+static int put_quoted(struct buf *b, const char *s)
+{
+	int r = buf_appendc(b, '"');
+	for (const unsigned char *p = (const unsigned char *)s; *p != '\0' && r == 0; p++) {
+		if (*p == '"' || *p == '\\')
+			r = buf_printf(b, "\\%c", *p);
+		else if (*p < 0x20 || *p == 0x7f)
+			r = buf_printf(b, "\\x%02x", *p);
+		else
+			r = buf_appendc(b, (char)*p);
+	}
+	return r == 0 ? buf_appendc(b, '"') : -1;
+}
+
+static int put_field(struct buf *b, const char *lead, const char *name, const char *val)
+{
+	if (buf_printf(b, "%s%s: ", lead, name) == -1 || put_quoted(b, val) == -1)
+		return -1;
+	return buf_appendc(b, '\n');
+}
+
+static int put_user(struct buf *b, const struct cfg_user *u)
+{
+	int r = put_field(b, "  - ", "address", u->address);
+	if (r == 0)
+		r = put_field(b, "    ", "password", u->password);
+	if (r == 0)
+		r = put_field(b, "    ", "secret", u->secret);
+	if (r == 0)
+		r = put_field(b, "    ", "scram_sha1", u->scram_sha1);
+	if (r == 0)
+		r = put_field(b, "    ", "scram_sha256", u->scram_sha256);
+	if (r == 0)
+		r = buf_appends(b, "    aliases: [");
+	for (size_t i = 0; i < u->naliases && r == 0; i++)
+		if ((r = buf_appends(b, i ? ", " : "")) == 0)
+			r = put_quoted(b, u->aliases[i]);
+	return r == 0 ? buf_printf(b, "]\n    quota: %llu\n", (unsigned long long)u->quota) : -1;
+}
+
+static const char *user_problem(const struct cfg_user *u)
+{
+	const char *f[] = { u->address, u->password, u->secret, u->scram_sha1, u->scram_sha256 };
+	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
+		if (f[i] == NULL || !utf8_valid(f[i]))
+			return "a field is missing or not valid UTF-8";
+	for (size_t i = 0; i < u->naliases; i++)
+		if (!utf8_valid(u->aliases[i]))
+			return "an alias is not valid UTF-8";
+	return address_problem(u->address);
+}
+
+static int users_yaml(struct buf *b, const struct cfg_user *users, size_t n, char *err, size_t errlen)
+{
+	int r = buf_appends(b, "# Postling users file: accounts (design §4), written by postling.\n"
+	    "# Comments are not preserved when postling rewrites it.\n");
+	if (r == 0)
+		r = buf_appends(b, n == 0 ? "users: []\n" : "users:\n");
+	for (size_t i = 0; i < n && r == 0; i++) {
+		const char *why = user_problem(&users[i]);
+		if (why != NULL) {
+			snprintf(err, errlen, "user %zu ('%.60s'): %s", i + 1,
+			    users[i].address != NULL ? users[i].address : "", why);
+			return -1;
+		}
+		r = put_user(b, &users[i]);
+	}
+	if (r == -1)
+		snprintf(err, errlen, "users file larger than %u bytes", CFG_MAX_USERS);
+	return r;
+}
+
+static int fsync_dir_of(const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	char *dir = slash == NULL ? xstrdup(".") : slash == path ? xstrdup("/")
+	    : xstrndup(path, (size_t)(slash - path));
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	free(dir);
+	if (fd == -1)
+		return -1;
+	int r = fsync(fd);
+	close(fd);
+	return r;
+}
+
+/* temp file, fsync, rename over path, fsync the directory (design §5 discipline) */
+static int write_atomic(const char *path, const char *data, size_t len, char *err, size_t errlen)
+{
+	char *tmp = xasprintf("%s.tmp.%ld", path, (long)getpid());
+	const char *step = "create";
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd == -1)
+		goto fail;
+	step = "write";
+	if (fchmod(fd, 0600) == -1 || util_write_all(fd, data, len) == -1 || fsync(fd) == -1)
+		goto fail;
+	step = "close";
+	int r = close(fd);
+	fd = -1;
+	if (r == -1)
+		goto fail;
+	step = "rename";
+	if (rename(tmp, path) == -1)
+		goto fail;
+	free(tmp);
+	if (fsync_dir_of(path) == -1) {
+		snprintf(err, errlen, "%s: fsync of its directory failed: %s", path, strerror(errno));
+		return -1;
+	}
+	return 0;
+fail:
+	snprintf(err, errlen, "%s: cannot %s: %s", tmp, step, strerror(errno));
+	if (fd != -1)
+		close(fd);
+	unlink(tmp);
+	free(tmp);
+	return -1;
+}
+
+int cfg_save_users_file(const char *path, const struct cfg_user *users, size_t n,
+    char *err, size_t errlen)
+{
+	struct buf b;
+	buf_init(&b, CFG_MAX_USERS);
+	int r = users_yaml(&b, users, n, err, errlen);
+	if (r == 0)
+		r = write_atomic(path, b.data, b.len, err, errlen);
+	buf_free(&b);
+	return r;
+}
+
+/* ------------------------------------------------------------------ protocols, demo */
+
+const char *cfg_proto_name(enum cfg_proto p)
+{
+	return (unsigned)p < PROTO__COUNT ? proto_names[p] : "?";
+}
+
+bool cfg_proto_implicit_tls(enum cfg_proto p)
+{
+	return p == PROTO_SUBMISSIONS || p == PROTO_IMAPS || p == PROTO_POP3S;
+}
+
+/* `postling serve --demo`: loopback ports above 1024, data under ./var, a
+ * self-signed certificate, one account demo@example.org with password "demo". */
+const char cfg_demo_yaml[] =
+	"# Postling demo configuration (postling serve --demo)\n"
+	"server:\n"
+	"  hostname: localhost\n"
+	"  data_dir: ./var\n"
+	"  user: \"\"                        # do not drop privileges\n"
+	"log:\n"
+	"  level: info\n"
+	"tls:\n"
+	"  self_signed: true                # made under ./var/tls on first start\n"
+	"listeners:\n"
+	"  - { protocol: pop3, address: 127.0.0.1, port: 2110 }\n"
+	"  - { protocol: pop3s, address: 127.0.0.1, port: 2995 }\n"
+	"  # - { protocol: smtp, address: 127.0.0.1, port: 2525 }\n"
+	"  # - { protocol: submission, address: 127.0.0.1, port: 2587 }\n"
+	"  # - { protocol: submissions, address: 127.0.0.1, port: 2465 }\n"
+	"  # - { protocol: imap, address: 127.0.0.1, port: 2143 }\n"
+	"  # - { protocol: imaps, address: 127.0.0.1, port: 2993 }\n"
+	"domains: [example.org]\n"
+	"auth:\n"
+	"  allow_plaintext: false           # loopback may log in without TLS anyway\n"
+	"users:\n"
+	"  - address: demo@example.org\n"
+	"    password: \"$y$j9T$pZTxwzaTdgXAXBEP1SQi51$rrzmdGG8y5zeBWDKlT6TwgDxfSyWj.87na68fP/GUD8\"  # demo\n"
+	"    secret: demo                   # for APOP, CRAM-MD5, DIGEST-MD5, SCRAM\n";

@@ -13,6 +13,8 @@ struct event_base;
 struct conn;
 struct store;
 struct auth;
+struct auth_sasl;
+struct logline;
 
 /* ---------------------------------------------------------------- config.c */
 
@@ -75,6 +77,7 @@ struct config {
 		char **mechanisms;       /* NULL-terminated, uppercased; default PLAIN LOGIN SCRAM-SHA-256 SCRAM-SHA-1 CRAM-MD5 */
 		size_t nmechanisms;
 		bool allow_plaintext;    /* default false */
+		bool loopback_is_local;  /* default true: loopback clients may log in without TLS (tests set false) */
 		int max_failures;        /* failures per IP before refusal, default 10 */
 		int fail_window;         /* seconds the failures are remembered / refusal lasts, default 900 */
 	} auth;
@@ -201,5 +204,162 @@ int throttle_check(struct throttle *t, const char *ip, time_t now);
 void throttle_fail(struct throttle *t, const char *ip, time_t now);
 void throttle_success(struct throttle *t, const char *ip);
 size_t throttle_size(const struct throttle *t);
+
+
+/* ---------------------------------------------------------------- io.c */
+
+/* Events a protocol session receives from its connection (design §2). */
+enum io_event {
+	IO_DATAIN,          /* input is buffered (also re-sent by io_resume when input waits) */
+	IO_LOWAT,           /* queued output drained below the low watermark */
+	IO_TIMEOUT,         /* no input for the timeout set by io_set_timeout */
+	IO_DISCONNECTED,    /* the last event, always delivered once: the conn is going away
+	                     * (peer closed, I/O or TLS error, or after io_close); the session
+	                     * frees itself now. Delivered at the end of a loop pass, never
+	                     * from inside another call of the session. */
+	IO_TLSREADY,        /* TLS handshake finished after io_starttls */
+	IO_TIMER,           /* the timer set by io_set_timer fired */
+	IO_SHUTDOWN,        /* the server is draining (SIGTERM): say goodbye and io_close */
+};
+
+typedef void (*io_cb)(struct conn *c, enum io_event ev, void *arg);
+
+enum { IO_LINE_TOOLONG = -1, IO_LINE_MORE = 0, IO_LINE_OK = 1 };
+
+#define IO_OUTPUT_LOWAT (64 * 1024)      /* IO_LOWAT below this many queued bytes */
+#define IO_OUTPUT_HARDCAP (8 * 1024 * 1024) /* more queued than this: the reader is gone, close */
+
+void io_set_callback(struct conn *c, io_cb cb, void *arg);
+/* Next input line without its line end (CRLF, or a bare LF for command lines):
+ * IO_LINE_OK with *line_r valid until the next io_getline call (NUL-terminated;
+ * *len_r excludes the NUL; embedded NULs possible), IO_LINE_MORE when no full line
+ * is buffered, IO_LINE_TOOLONG once when a line exceeds max octets (line end
+ * included): its bytes are discarded up to and including the next line end. */
+int io_getline(struct conn *c, size_t max, char **line_r, size_t *len_r);
+size_t io_input_len(const struct conn *c);
+void io_pause(struct conn *c);           /* stop reading (async work in progress) */
+void io_resume(struct conn *c);          /* read again; IO_DATAIN soon if input waits */
+int io_write(struct conn *c, const void *p, size_t len);
+int io_printf(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+size_t io_queued(const struct conn *c);
+void io_set_timeout(struct conn *c, int secs);
+void io_set_timer(struct conn *c, int ms);  /* one-shot IO_TIMER; ms < 0 cancels */
+/* Discard all buffered input (STARTTLS injection defence, RFC 2595 §4 / RFC 3207 §6)
+ * and start a server-side TLS handshake over the connection; IO_TLSREADY or IO_DISCONNECTED
+ * follows. Output already queued (the "+OK Begin TLS") goes out first, in clear. */
+int io_starttls(struct conn *c);
+bool io_tls_available(const struct conn *c);     /* a certificate is loaded */
+bool io_is_tls(const struct conn *c);
+const char *io_tls_version(const struct conn *c);
+const char *io_tls_cipher(const struct conn *c);
+/* channel binding data (RFC 9266 tls-exporter, RFC 5929 tls-unique); 0 or -1 */
+int io_tls_exporter(struct conn *c, unsigned char out[32]);
+int io_tls_unique(struct conn *c, unsigned char *out, size_t max, size_t *len_r);
+const char *io_remote(const struct conn *c);     /* printable IP */
+bool io_remote_loopback(const struct conn *c);
+const char *io_sid(const struct conn *c);        /* 13-char base32 session id */
+uint64_t io_id(const struct conn *c);
+enum cfg_proto io_proto(const struct conn *c);
+/* Close after queued output is flushed (bounded by a short deadline). No event
+ * but the final IO_DISCONNECTED follows; the session keeps its memory until then
+ * (it marks itself closed and stops work: Redis' "free at the end of the pass"). */
+void io_close(struct conn *c, const char *reason);
+bool io_closing(const struct conn *c);
+/* add common log fields (sid, proto, remote) */
+void io_log_fields(struct logline *l, const struct conn *c);
+
+/* ---------------------------------------------------------------- session.c */
+
+/* What a protocol registers (one per protocol, see protocols/NAME_session.c). */
+struct proto_ops {
+	const char *name;            /* "pop3" */
+	void (*start)(struct conn *c);   /* after accept (after the handshake for implicit TLS) */
+	const char *busy_reply;      /* sent before closing when a limit refuses the connection */
+};
+
+/* Blocking auth work on the worker pool, with the answer on the reactor.
+ * The job owns `sasl` while it runs and hands it back to the callback; if the
+ * connection is gone the result is dropped and sasl is freed. */
+typedef void (*session_auth_cb)(struct conn *c, enum auth_result r, struct auth_sasl *sasl,
+    char *out_b64, const char *user, void *arg);
+void session_sasl_step(struct conn *c, struct auth_sasl *sasl, const char *in_b64,
+    session_auth_cb cb, void *arg);
+void session_check_password(struct conn *c, const char *user, const char *pass,
+    session_auth_cb cb, void *arg);
+/* fill ci from the connection (channel binding buffers live in the conn) */
+void session_auth_info(struct conn *c, struct auth_conn_info *ci, const char *service);
+/* Per-user exclusive locks (POP3 maildrop lock, RFC 1939 §8) */
+bool session_lock_user(const char *proto, const char *user);
+void session_unlock_user(const char *proto, const char *user);
+/* log auth.ok / auth.fail and update the throttle */
+void session_log_auth(struct conn *c, bool ok, const char *mech, const char *user);
+
+/* ---------------------------------------------------------------- cli.c */
+
+/* The subcommands of the postling binary; argv[0] is the subcommand name;
+ * each returns the process exit code (2 for a bad configuration). */
+int cli_serve(int argc, char **argv);
+int cli_check_config(int argc, char **argv);
+int cli_passwd(int argc, char **argv);
+int cli_user(int argc, char **argv);
+int cli_deliver(int argc, char **argv);
+
+/* ---------------------------------------------------------------- server.c */
+
+struct listener;
+struct tls;
+
+/* The one piece of global state (conventions: no other mutable globals). */
+struct server {
+	struct event_base *base;
+	struct config *cfg;          /* current config; replaced on SIGHUP */
+	struct auth *auth;           /* current account snapshot; sessions keep refs */
+	struct throttle *throttle;
+	struct store *store;
+	struct tls *tls;             /* current certificates; connections keep refs */
+	struct listener **listeners;
+	size_t nlisteners;
+	struct conn_list *conns;     /* all live connections */
+	size_t nconns;
+	struct ip_count *ipcounts;   /* connections per remote IP */
+	struct user_lock *locks;
+	bool draining;
+	uint64_t next_id;
+};
+extern struct server *server;
+
+/* Runs until SIGTERM/SIGINT; takes ownership of cfg; returns the exit code.
+ * overrides are re-applied on each SIGHUP reload. */
+int server_run(struct config *cfg, char *const *overrides, size_t noverrides, bool demo);
+void server_conn_count(const char *ip, int delta);
+int server_conn_count_get(const char *ip);
+const struct proto_ops *server_proto_ops(enum cfg_proto p);
+
+/* ---------------------------------------------------------------- listener.c */
+
+int listener_open_all(struct server *srv, char *err, size_t errlen);
+void listener_close_all(struct server *srv);
+void listener_pause_all(struct server *srv);
+void listener_log_ready(struct server *srv, struct logline *line);   /* adds "listeners" */
+
+/* ---------------------------------------------------------------- tls.c */
+
+/* A set of certificates as one refcounted object: SSL_CTX per certificate, chosen by SNI. */
+struct tls *tls_new(const struct config *cfg, char *err, size_t errlen);
+void tls_ref(struct tls *t);
+void tls_unref(struct tls **t_r);
+struct ssl_st *tls_new_ssl(struct tls *t);     /* an SSL for a new server-side handshake */
+/* create data_dir/tls/selfsigned.{crt,key} if missing (RSA 2048, CN=hostname) */
+int tls_make_self_signed(const char *data_dir, const char *hostname, char **cert_r, char **key_r,
+    char *err, size_t errlen);
+
+/* ---------------------------------------------------------------- conn (io.c) */
+
+struct conn *conn_new(struct server *srv, int fd, const struct sockaddr *sa, socklen_t salen,
+    enum cfg_proto proto, struct tls *tls);
+void conn_free_all(struct server *srv);
+/* the open conn with this id, or NULL when it is gone or closing */
+struct conn *conn_lookup(uint64_t id);
+void conn_drain_all(struct server *srv);  /* ask every session to say goodbye (SIGTERM) */
 
 #endif

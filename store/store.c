@@ -1,0 +1,770 @@
+/* store.c: the callback-shaped store API (design §5) over aio, maildir, index.
+ *
+ * Every request is a struct store_req run as one aio job. Its inputs are
+ * copied in at submit time and its results are written by the worker into
+ * the request itself; the reactor reads them only in req_done(), after the
+ * aio hand-off (mutex) has ordered the two. Jobs that touch a folder's index
+ * (open, expunge) queue per folder path and run one at a time in submission
+ * order; deliveries (tmp/ + rename into new/, the Maildir way) and file reads
+ * need no such order and run at once.
+ *
+ * Ownership: the store owns a request from submit until req_done() (or
+ * store_cancel() for one still waiting) frees it. The caller's handle is valid
+ * until its callback starts or it cancels. Results passed to a callback (view,
+ * file) belong to the callback; results of a cancelled request are freed here. */
+#include "store/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/xmalloc.h"
+
+#define READ_DEFAULT (64 * 1024)
+#define READ_MAX (1024 * 1024)
+#define OPEN_RETRIES 3               /* file renamed (flags) between lookup and open */
+
+struct store_req;
+
+/* One folder's queue: head is submitted to aio, the rest wait. */
+struct folderq {
+	struct folderq *next;        /* in s->folders */
+	char *path;                  /* owned; the key */
+	struct store_req *head, *tail;
+};
+
+struct store {
+	struct event_base *base;
+	char *data_dir, *hostname;   /* owned */
+	struct aio *aio;             /* owned */
+	struct folderq *folders;     /* folders with a job running */
+	struct store_req *reqs;      /* every live request, for store_free */
+	bool freeing;
+};
+
+struct store_file {
+	int fd;
+	uint64_t size;
+	unsigned inflight;           /* reads whose worker may use fd (reactor only) */
+	bool closing;                /* closed by its owner while reads were in flight */
+};
+
+struct open_job {
+	char *user, *folder;         /* owned; moved into the view */
+	char *user_path, *path;      /* owned */
+	struct store_view *view;     /* result, owned until handed to the callback */
+};
+
+struct fopen_job {
+	char *path;                  /* folder, owned */
+	struct store_msg msg;        /* copy, base owned */
+	struct store_file *f;        /* result */
+};
+
+struct read_job {
+	struct store_file *f;        /* borrowed; kept open by f->inflight */
+	uint64_t offset;
+	size_t maxlen, len;
+	char *data;                  /* owned, maxlen bytes */
+};
+
+struct expunge_job {
+	char *path;                  /* owned */
+	struct store_msg *msgs;      /* owned copies of the messages to remove */
+	size_t count;
+};
+
+struct deliver_job {
+	char *data_dir, *hostname;   /* owned copies: a job never reads the store */
+	char **users;                /* owned, nusers */
+	size_t nusers;
+	char *data;                  /* owned copy of the message */
+	size_t len;
+};
+
+struct req_ops {
+	aio_work_fn work;                        /* worker: fills results, r->error */
+	void (*complete)(struct store_req *r);   /* reactor: the user's callback */
+	void (*release)(struct store_req *r);    /* reactor: frees inputs and results left */
+};
+
+struct store_req {
+	struct store *s;
+	const struct req_ops *ops;
+	struct store_req *prev, *next;           /* in s->reqs */
+	struct folderq *fq;                      /* serialised on this folder, or NULL */
+	struct store_req *fq_next;
+	struct aio_job *job;                     /* while submitted */
+	bool cancelled, in_cb;
+	int error;                               /* errno for the callback; preset = no work */
+	void *arg;
+	union {
+		store_view_cb view;
+		store_file_cb file;
+		store_read_cb read;
+		store_done_cb done;
+	} cb;
+	union {
+		struct open_job open;
+		struct fopen_job fopen;
+		struct read_job read;
+		struct expunge_job expunge;
+		struct deliver_job deliver;
+	} u;
+};
+
+/* ------------------------------------------------------------ requests */
+
+static struct store_req *req_new(struct store *s, const struct req_ops *ops, void *arg)
+{
+	struct store_req *r = xcalloc(1, sizeof(*r));
+	r->s = s;
+	r->ops = ops;
+	r->arg = arg;
+	r->next = s->reqs;
+	if (s->reqs != NULL)
+		s->reqs->prev = r;
+	s->reqs = r;
+	return r;
+}
+
+static void req_destroy(struct store_req *r)
+{
+	struct store *s = r->s;
+	if (r->prev != NULL)
+		r->prev->next = r->next;
+	else
+		s->reqs = r->next;
+	if (r->next != NULL)
+		r->next->prev = r->prev;
+	r->ops->release(r);
+	free(r);
+}
+
+static void req_done(void *arg, bool cancelled);
+
+static void req_submit(struct store_req *r)
+{
+	r->job = aio_submit(r->s->aio, r->ops->work, req_done, r);
+}
+
+static struct folderq *fq_get(struct store *s, const char *path)
+{
+	for (struct folderq *q = s->folders; q != NULL; q = q->next)
+		if (strcmp(q->path, path) == 0)
+			return q;
+	struct folderq *q = xcalloc(1, sizeof(*q));
+	q->path = xstrdup(path);
+	q->next = s->folders;
+	s->folders = q;
+	return q;
+}
+
+static void fq_unlink_free(struct store *s, struct folderq *q)
+{
+	for (struct folderq **pp = &s->folders; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == q) {
+			*pp = q->next;
+			break;
+		}
+	}
+	free(q->path);
+	free(q);
+}
+
+/* Queue behind the folder's running job, or submit now (folder NULL: no order). */
+static struct store_req *req_start(struct store_req *r, const char *folder)
+{
+	if (folder == NULL) {
+		req_submit(r);
+		return r;
+	}
+	struct folderq *q = fq_get(r->s, folder);
+	r->fq = q;
+	if (q->tail != NULL) {
+		q->tail->fq_next = r;
+		q->tail = r;
+		return r;
+	}
+	q->head = q->tail = r;
+	req_submit(r);
+	return r;
+}
+
+/* r (the head) finished: start the next job on its folder. */
+static void fq_advance(struct store_req *r)
+{
+	struct folderq *q = r->fq;
+	if (q == NULL)
+		return;
+	r->fq = NULL;
+	q->head = r->fq_next;
+	r->fq_next = NULL;
+	if (q->head == NULL) {
+		fq_unlink_free(r->s, q);
+		return;
+	}
+	if (!r->s->freeing)
+		req_submit(q->head);
+}
+
+/* A waiting (never submitted) request leaves its folder queue. */
+static void fq_remove_waiting(struct store_req *r)
+{
+	struct folderq *q = r->fq;
+	struct store_req *prev = q->head;
+	while (prev->fq_next != r)
+		prev = prev->fq_next;
+	prev->fq_next = r->fq_next;
+	if (q->tail == r)
+		q->tail = prev;
+	r->fq = NULL;
+}
+
+/* aio completion, reactor thread: the one place callbacks are called from. */
+static void req_done(void *arg, bool cancelled)
+{
+	struct store_req *r = arg;
+	r->job = NULL;
+	fq_advance(r);
+	if (!cancelled && !r->cancelled) {
+		r->in_cb = true;
+		r->ops->complete(r);
+		r->in_cb = false;
+	}
+	req_destroy(r);
+}
+
+void store_cancel(struct store_req **r_r)
+{
+	struct store_req *r = *r_r;
+	if (r == NULL)
+		return;
+	*r_r = NULL;
+	if (r->cancelled)
+		return;
+	r->cancelled = true;
+	if (r->in_cb)
+		return;                  /* req_done frees it when the callback returns */
+	if (r->job != NULL) {
+		aio_cancel(r->job);      /* req_done(cancelled) frees it later */
+		return;
+	}
+	fq_remove_waiting(r);
+	req_destroy(r);
+}
+
+/* ------------------------------------------------------------ helpers (worker side) */
+
+static void msg_copy(struct store_msg *dst, const struct store_msg *src)
+{
+	*dst = *src;
+	dst->base = xstrdup(src->base);
+}
+
+/* A corrupt index is kept for inspection, never silently overwritten. */
+static void set_aside_corrupt(const char *path)
+{
+	char *from = xasprintf("%s/postling.index", path);
+	char *to = xasprintf("%s/postling.index.corrupt-%lld", path, (long long)time(NULL));
+	int rc = rename(from, to);
+	struct logline *l = log_begin(LL_WARN, "store.index.rebuild");
+	log_str(l, "folder", path);
+	log_str(l, "corrupt_copy", rc == 0 ? to : NULL);
+	log_end(l);
+	free(from);
+	free(to);
+}
+
+/* index_read, rebuilding when missing or corrupt; then sync with the
+ * directory and write back when anything changed. */
+static int load_index(const char *path, struct store_index *ix)
+{
+	bool rebuilt = false, changed = false;
+	if (index_read(path, ix) == -1) {
+		if (errno != ENOENT && errno != EBADMSG)
+			return -1;
+		if (errno == EBADMSG)
+			set_aside_corrupt(path);
+		rebuilt = true;
+	}
+	if (index_sync(path, ix, &changed) == -1 || ((changed || rebuilt) && index_write(path, ix) == -1)) {
+		int saved = errno;
+		index_free(ix);
+		errno = saved;
+		return -1;
+	}
+	return 0;
+}
+
+static bool folder_exists(const char *path)
+{
+	struct stat st;
+	char *cur = xasprintf("%s/cur", path);
+	int rc = stat(cur, &st);
+	free(cur);
+	return rc == 0 && S_ISDIR(st.st_mode);
+}
+
+/* ------------------------------------------------------------ open folder */
+
+static void open_work(void *arg)
+{
+	struct store_req *r = arg;
+	struct open_job *j = &r->u.open;
+	struct store_index ix;
+
+	if (r->error != 0)
+		return;
+	if (!folder_exists(j->path) && maildir_create(j->user_path) == -1) {
+		r->error = errno;
+		return;
+	}
+	if (!folder_exists(j->path)) {
+		r->error = ENOENT;       /* not a folder maildir_create makes */
+		return;
+	}
+	maildir_clean_tmp(j->path);  /* best effort: leftovers of crashed deliveries */
+	if (load_index(j->path, &ix) == -1) {
+		r->error = errno;
+		return;
+	}
+	struct store_view *v = xcalloc(1, sizeof(*v));
+	v->user = j->user;
+	v->folder = j->folder;
+	j->user = j->folder = NULL;
+	v->path = xstrdup(j->path);
+	v->uidvalidity = ix.uidvalidity;
+	v->uidnext = ix.uidnext;
+	v->msgs = ix.msgs;           /* moved: the index copy is ours alone */
+	v->count = ix.count;
+	for (size_t i = 0; i < v->count; i++)
+		v->total_size += v->msgs[i].size;
+	ix.msgs = NULL;
+	ix.count = 0;
+	index_free(&ix);
+	j->view = v;
+}
+
+static void open_complete(struct store_req *r)
+{
+	struct store_view *v = r->u.open.view;
+	r->u.open.view = NULL;
+	r->cb.view(r->arg, r->error, r->error == 0 ? v : NULL);
+	store_view_free(&v);         /* NULL unless the worker erred after making it */
+}
+
+static void open_release(struct store_req *r)
+{
+	struct open_job *j = &r->u.open;
+	free(j->user);
+	free(j->folder);
+	free(j->user_path);
+	free(j->path);
+	store_view_free(&j->view);
+}
+
+static const struct req_ops open_ops = { open_work, open_complete, open_release };
+
+struct store_req *store_open_folder(struct store *s, const char *user, const char *folder,
+    store_view_cb cb, void *arg)
+{
+	struct store_req *r = req_new(s, &open_ops, arg);
+	struct open_job *j = &r->u.open;
+
+	r->cb.view = cb;
+	j->user = xstrdup(user);
+	j->folder = xstrdup(folder);
+	j->user_path = maildir_user_path(s->data_dir, user);
+	j->path = j->user_path != NULL ? maildir_folder_path(j->user_path, folder) : NULL;
+	if (j->path == NULL)
+		r->error = EINVAL;       /* unsafe address or folder name: reported async */
+	return req_start(r, j->path);
+}
+
+void store_view_free(struct store_view **v_r)
+{
+	struct store_view *v = *v_r;
+	if (v == NULL)
+		return;
+	*v_r = NULL;
+	for (size_t i = 0; i < v->count; i++)
+		free(v->msgs[i].base);
+	free(v->msgs);
+	free(v->user);
+	free(v->folder);
+	free(v->path);
+	free(v);
+}
+
+/* ------------------------------------------------------------ files */
+
+static void file_destroy(struct store_file *f)
+{
+	close(f->fd);
+	free(f);
+}
+
+static int open_msg(const char *folder, const struct store_msg *m)
+{
+	char *rel = index_msg_path(folder, m);
+	if (rel == NULL)
+		return -1;
+	char *full = xasprintf("%s/%s", folder, rel);
+	int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	free(rel);
+	free(full);
+	return fd;
+}
+
+static void fopen_work(void *arg)
+{
+	struct store_req *r = arg;
+	struct fopen_job *j = &r->u.fopen;
+	struct stat st;
+	int fd = -1;
+
+	for (int i = 0; i < OPEN_RETRIES && fd == -1; i++)
+		if ((fd = open_msg(j->path, &j->msg)) == -1 && errno != ENOENT)
+			break;
+	if (fd == -1 || fstat(fd, &st) == -1) {
+		r->error = errno;
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	j->f = xcalloc(1, sizeof(*j->f));
+	j->f->fd = fd;
+	j->f->size = (uint64_t)st.st_size;
+}
+
+static void fopen_complete(struct store_req *r)
+{
+	struct store_file *f = r->u.fopen.f;
+	r->u.fopen.f = NULL;
+	r->cb.file(r->arg, r->error, f);
+}
+
+static void fopen_release(struct store_req *r)
+{
+	struct fopen_job *j = &r->u.fopen;
+	free(j->path);
+	free(j->msg.base);
+	if (j->f != NULL)
+		file_destroy(j->f);
+}
+
+static const struct req_ops fopen_ops = { fopen_work, fopen_complete, fopen_release };
+
+struct store_req *store_file_open(struct store *s, const struct store_view *v, const struct store_msg *m,
+    store_file_cb cb, void *arg)
+{
+	struct store_req *r = req_new(s, &fopen_ops, arg);
+	r->cb.file = cb;
+	r->u.fopen.path = xstrdup(v->path);
+	msg_copy(&r->u.fopen.msg, m);
+	return req_start(r, NULL);
+}
+
+static void read_work(void *arg)
+{
+	struct store_req *r = arg;
+	struct read_job *j = &r->u.read;
+
+	while (r->error == 0 && j->len < j->maxlen) {
+		ssize_t n = pread(j->f->fd, j->data + j->len, j->maxlen - j->len, (off_t)(j->offset + j->len));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1) {
+			r->error = errno;
+			return;
+		}
+		if (n == 0)
+			break;
+		j->len += (size_t)n;
+	}
+}
+
+static void read_complete(struct store_req *r)
+{
+	struct read_job *j = &r->u.read;
+	r->cb.read(r->arg, r->error, j->data, r->error == 0 ? j->len : 0);
+}
+
+static void read_release(struct store_req *r)
+{
+	struct read_job *j = &r->u.read;
+	free(j->data);
+	if (--j->f->inflight == 0 && j->f->closing)
+		file_destroy(j->f);
+}
+
+static const struct req_ops read_ops = { read_work, read_complete, read_release };
+
+/* maxlen 0 means a default chunk; larger than READ_MAX is clamped, so a
+ * caller's number never sizes an allocation unchecked. */
+struct store_req *store_file_read(struct store *s, struct store_file *f, uint64_t offset, size_t maxlen,
+    store_read_cb cb, void *arg)
+{
+	struct store_req *r = req_new(s, &read_ops, arg);
+	struct read_job *j = &r->u.read;
+
+	r->cb.read = cb;
+	j->f = f;
+	j->offset = offset;
+	j->maxlen = maxlen == 0 ? READ_DEFAULT : maxlen > READ_MAX ? READ_MAX : maxlen;
+	j->data = xmalloc(j->maxlen);
+	if (offset > (uint64_t)INT64_MAX - j->maxlen)
+		r->error = EINVAL;
+	f->inflight++;
+	return req_start(r, NULL);
+}
+
+uint64_t store_file_size(const struct store_file *f)
+{
+	return f->size;
+}
+
+/* With reads still on workers the fd must stay open: the last one closes it. */
+void store_file_close(struct store_file **f_r)
+{
+	struct store_file *f = *f_r;
+	if (f == NULL)
+		return;
+	*f_r = NULL;
+	if (f->inflight > 0)
+		f->closing = true;
+	else
+		file_destroy(f);
+}
+
+/* ------------------------------------------------------------ expunge */
+
+/* ENOENT counts as removed: another session or client got there first. */
+static int unlink_msg(const char *folder, const struct store_msg *m)
+{
+	char *rel = index_msg_path(folder, m);
+	if (rel == NULL)
+		return errno == ENOENT ? 0 : -1;
+	char *full = xasprintf("%s/%s", folder, rel);
+	int rc = unlink(full) == -1 && errno != ENOENT ? -1 : 0;
+	free(rel);
+	free(full);
+	return rc;
+}
+
+static int fsync_sub(const char *folder, const char *sub)
+{
+	char *dir = xasprintf("%s/%s", folder, sub);
+	int rc = maildir_fsync_dir(dir);
+	free(dir);
+	return rc;
+}
+
+static void expunge_work(void *arg)
+{
+	struct store_req *r = arg;
+	struct expunge_job *j = &r->u.expunge;
+	struct store_index ix;
+	int err = 0;
+
+	for (size_t i = 0; i < j->count; i++)
+		if (unlink_msg(j->path, &j->msgs[i]) == -1 && err == 0)
+			err = errno;
+	if ((fsync_sub(j->path, "cur") == -1 || fsync_sub(j->path, "new") == -1) && err == 0)
+		err = errno;
+	/* the index follows the directory: entries whose file is gone drop out */
+	if (load_index(j->path, &ix) == -1 && err == 0)
+		err = errno;
+	else
+		index_free(&ix);
+	r->error = err;
+}
+
+static void done_complete(struct store_req *r)
+{
+	r->cb.done(r->arg, r->error);
+}
+
+static void expunge_release(struct store_req *r)
+{
+	struct expunge_job *j = &r->u.expunge;
+	for (size_t i = 0; i < j->count; i++)
+		free(j->msgs[i].base);
+	free(j->msgs);
+	free(j->path);
+}
+
+static const struct req_ops expunge_ops = { expunge_work, done_complete, expunge_release };
+
+static const struct store_msg *view_find(const struct store_view *v, uint32_t uid)
+{
+	size_t lo = 0, hi = v->count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (v->msgs[mid].uid == uid)
+			return &v->msgs[mid];
+		if (v->msgs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* Files are found by base name, not uid, so an index rebuilt meanwhile
+ * cannot make us remove the wrong message. */
+struct store_req *store_expunge(struct store *s, const struct store_view *v, const uint32_t *uids,
+    size_t nuids, store_done_cb cb, void *arg)
+{
+	struct store_req *r = req_new(s, &expunge_ops, arg);
+	struct expunge_job *j = &r->u.expunge;
+
+	r->cb.done = cb;
+	j->path = xstrdup(v->path);
+	j->msgs = xreallocarray(NULL, nuids ? nuids : 1, sizeof(*j->msgs));
+	for (size_t i = 0; i < nuids; i++) {
+		const struct store_msg *m = view_find(v, uids[i]);
+		if (m != NULL)
+			msg_copy(&j->msgs[j->count++], m);
+	}
+	return req_start(r, j->path);
+}
+
+/* ------------------------------------------------------------ deliver */
+
+static int deliver_one(const struct deliver_job *j, const char *user, char **path_r)
+{
+	char *up = maildir_user_path(j->data_dir, user);
+	if (up == NULL) {
+		errno = EINVAL;
+		return -1;
+	}
+	int rc = 0;
+	if (!folder_exists(up))
+		rc = maildir_create(up);
+	if (rc == 0)
+		rc = maildir_deliver_buf_path(up, j->hostname, j->data, j->len, 0, NULL, path_r);
+	int saved = errno;
+	free(up);
+	errno = saved;
+	return rc;
+}
+
+/* Take back copies already made, so that a retry after our 4xx reply does
+ * not leave the earlier recipients with duplicates. */
+static void undo_copies(char **made, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (made[i] == NULL || unlink(made[i]) == -1)
+			continue;
+		char *slash = strrchr(made[i], '/');
+		*slash = '\0';
+		maildir_fsync_dir(made[i]);
+	}
+}
+
+static void deliver_work(void *arg)
+{
+	struct store_req *r = arg;
+	struct deliver_job *j = &r->u.deliver;
+	char **made = xcalloc(j->nusers ? j->nusers : 1, sizeof(*made));
+	size_t i;
+
+	for (i = 0; i < j->nusers; i++) {
+		if (deliver_one(j, j->users[i], &made[i]) == -1) {
+			r->error = errno;
+			undo_copies(made, i);
+			break;
+		}
+	}
+	for (size_t k = 0; k < j->nusers; k++)
+		free(made[k]);
+	free(made);
+}
+
+static void deliver_release(struct store_req *r)
+{
+	struct deliver_job *j = &r->u.deliver;
+	for (size_t i = 0; i < j->nusers; i++)
+		free(j->users[i]);
+	free(j->users);
+	free(j->data);
+	free(j->data_dir);
+	free(j->hostname);
+}
+
+static const struct req_ops deliver_ops = { deliver_work, done_complete, deliver_release };
+
+/* The message is copied: the caller may free data as soon as this returns. */
+struct store_req *store_deliver(struct store *s, char *const *users, size_t nusers,
+    const char *data, size_t len, store_done_cb cb, void *arg)
+{
+	struct store_req *r = req_new(s, &deliver_ops, arg);
+	struct deliver_job *j = &r->u.deliver;
+
+	r->cb.done = cb;
+	j->data_dir = xstrdup(s->data_dir);
+	j->hostname = xstrdup(s->hostname);
+	j->users = xreallocarray(NULL, nusers ? nusers : 1, sizeof(*j->users));
+	for (size_t i = 0; i < nusers; i++)
+		j->users[i] = xstrdup(users[i]);
+	j->nusers = nusers;
+	j->data = xmalloc(len);
+	memcpy(j->data, data, len);
+	j->len = len;
+	return req_start(r, NULL);
+}
+
+/* ------------------------------------------------------------ store */
+
+struct store *store_new(struct event_base *base, const char *data_dir, const char *hostname,
+    int nthreads)
+{
+	struct aio *a = aio_new(base, nthreads);
+	if (a == NULL)
+		return NULL;
+	struct store *s = xcalloc(1, sizeof(*s));
+	s->base = base;
+	s->aio = a;
+	s->data_dir = xstrdup(data_dir);
+	s->hostname = xstrdup(hostname != NULL ? hostname : "localhost");
+	return s;
+}
+
+struct aio *store_aio(struct store *s)
+{
+	return s->aio;
+}
+
+/* Must not be called from inside a store callback. Waiting requests are
+ * dropped; submitted ones are cancelled and freed by aio_free's done calls. */
+void store_free(struct store **s_r)
+{
+	struct store *s = *s_r;
+	if (s == NULL)
+		return;
+	*s_r = NULL;
+	s->freeing = true;
+	for (struct folderq *q = s->folders; q != NULL; q = q->next) {
+		while (q->head->fq_next != NULL) {
+			struct store_req *w = q->head->fq_next;
+			fq_remove_waiting(w);
+			req_destroy(w);
+		}
+	}
+	for (struct store_req *r = s->reqs; r != NULL; r = r->next) {
+		r->cancelled = true;
+		if (r->job != NULL)
+			aio_cancel(r->job);
+	}
+	aio_free(&s->aio);
+	free(s->data_dir);
+	free(s->hostname);
+	free(s);
+}

@@ -68,8 +68,15 @@ int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd,
     uint64_t *size_r);
 int maildir_deliver_buf(const char *folder_path, const char *hostname, const char *data, size_t len,
     uint64_t *size_r);
+/* As maildir_deliver_buf, with a size limit (0 = none, else EFBIG past it) and,
+ * when path_r is not NULL, the malloc'ed full path of the file made in new/, so
+ * store_deliver can take a copy back when another recipient's copy fails. */
+int maildir_deliver_buf_path(const char *folder_path, const char *hostname, const char *data, size_t len,
+    uint64_t max_size, uint64_t *size_r, char **path_r);
 /* Remove tmp/ files older than 36 hours (Maildir convention) */
 int maildir_clean_tmp(const char *folder_path);
+/* fsync a directory so the names made or removed in it are durable */
+int maildir_fsync_dir(const char *dir_path);
 
 /* ---------------------------------------------------------------- index.c */
 
@@ -92,7 +99,11 @@ struct store_index {
 	size_t count;
 };
 
-/* Read <folder>/postling.index; -1 if missing or corrupt (caller rebuilds). */
+/* Read <folder>/postling.index; -1 if missing or corrupt (caller rebuilds).
+ * errno: ENOENT missing, EBADMSG corrupt, else the I/O error. On EBADMSG with a
+ * valid first line, ix keeps that line's uidvalidity/uidnext/highestmodseq (and
+ * no messages), so a rebuild keeps UIDVALIDITY and numbers the files from the
+ * old UIDNEXT: no UID is ever reused (RFC 3501 §2.3.1.1). */
 int index_read(const char *folder_path, struct store_index *ix);
 /* Atomic rewrite: postling.index.tmp, fsync, rename, fsync dir. */
 int index_write(const char *folder_path, const struct store_index *ix);

@@ -1,0 +1,423 @@
+/* cli.c: subcommands other than the reactor itself: serve's option parsing,
+ * check-config, passwd, user add/del/list, deliver (like dovecot-lda). */
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sysexits.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/xmalloc.h"
+#include "server/server.h"
+#include "store/store.h"
+
+#define DEFAULT_CONFIG "/etc/postling/postling.yaml"
+#define EXIT_CONFIG 2
+
+struct cli_opts {
+	const char *config;
+	char **overrides;
+	size_t noverrides;
+	bool demo;
+	bool secret;
+	int optind;
+};
+
+static void cli_opts_free(struct cli_opts *o)
+{
+	free(o->overrides);
+}
+
+/* Common options: -c FILE, -o key=value, --demo, --secret, -h. Returns -1 after
+ * printing help (exit 0) and -2 on a usage error (exit 64). */
+static int parse_opts(int argc, char **argv, const char *usage, struct cli_opts *o)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "override", required_argument, NULL, 'o' },
+		{ "demo", no_argument, NULL, 'd' },
+		{ "secret", no_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	memset(o, 0, sizeof(*o));
+	o->config = DEFAULT_CONFIG;
+	optind = 1;
+	int ch;
+	while ((ch = getopt_long(argc, argv, "c:o:h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case 'c': o->config = optarg; break;
+		case 'o':
+			o->overrides = xreallocarray(o->overrides, o->noverrides + 1, sizeof(char *));
+			o->overrides[o->noverrides++] = optarg;
+			break;
+		case 'd': o->demo = true; break;
+		case 's': o->secret = true; break;
+		case 'h':
+			printf("%s", usage);
+			return -1;
+		default:
+			fprintf(stderr, "%s", usage);
+			return -2;
+		}
+	}
+	o->optind = optind;
+	return 0;
+}
+
+static int opts_exit(int r)
+{
+	return r == -1 ? 0 : EX_USAGE;
+}
+
+static struct config *load_config(const struct cli_opts *o)
+{
+	char err[1024];
+	struct config *cfg = o->demo
+	    ? cfg_load_string("<demo>", cfg_demo_yaml, strlen(cfg_demo_yaml), o->overrides,
+		o->noverrides, err, sizeof(err))
+	    : cfg_load(o->config, o->overrides, o->noverrides, err, sizeof(err));
+	if (cfg == NULL)
+		fprintf(stderr, "%s\n", err);
+	return cfg;
+}
+
+/* ---- serve ---- */
+
+static const char serve_usage[] =
+    "usage: postling serve [-c FILE] [-o key.path=value ...] [--demo]\n"
+    "  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
+    "  -o key.path=value   override one configuration key (repeatable)\n"
+    "  --demo              run the embedded demo configuration (loopback, ./var)\n";
+
+static void print_demo_banner(const struct config *cfg)
+{
+	fprintf(stderr, "\nPostling demo: data in %s, self-signed certificate in %s/tls\n",
+	    cfg->server.data_dir, cfg->server.data_dir);
+	for (size_t i = 0; i < cfg->nlisteners; i++)
+		fprintf(stderr, "  %-11s %s port %d\n", cfg_proto_name(cfg->listeners[i].proto),
+		    cfg->listeners[i].addresses[0], cfg->listeners[i].port);
+	fprintf(stderr, "  demo account: demo@example.org  password: demo\n"
+	    "  put mail in:  ./build/postling deliver --demo demo@example.org < message.eml\n"
+	    "  read it:      openssl s_client -quiet -connect 127.0.0.1:2995   (USER/PASS/LIST/RETR)\n\n");
+}
+
+int cli_serve(int argc, char **argv)
+{
+	struct cli_opts o;
+	int r = parse_opts(argc, argv, serve_usage, &o);
+	if (r < 0)
+		return opts_exit(r);
+	struct config *cfg = load_config(&o);
+	if (cfg == NULL) {
+		cli_opts_free(&o);
+		return EXIT_CONFIG;
+	}
+	if (log_open(cfg->log.level, cfg->log.file) == -1) {
+		fprintf(stderr, "cannot open log file '%s': %s\n", cfg->log.file, strerror(errno));
+		cfg_free(&cfg);
+		cli_opts_free(&o);
+		return 1;
+	}
+	if (o.demo)
+		print_demo_banner(cfg);
+	r = server_run(cfg, o.overrides, o.noverrides, o.demo);
+	cli_opts_free(&o);
+	return r;
+}
+
+/* ---- check-config ---- */
+
+int cli_check_config(int argc, char **argv)
+{
+	static const char usage[] =
+	    "usage: postling check-config [-c FILE] [-o key.path=value ...]\n"
+	    "Validates the configuration (and the users file it names); prints errors as\n"
+	    "file:line:column: message and exits 2 when it is not valid.\n";
+	struct cli_opts o;
+	int r = parse_opts(argc, argv, usage, &o);
+	if (r < 0)
+		return opts_exit(r);
+	struct config *cfg = load_config(&o);
+	r = EXIT_CONFIG;
+	if (cfg != NULL) {
+		char err[1024];
+		struct auth *a = auth_new(cfg, err, sizeof(err));
+		if (a == NULL) {
+			fprintf(stderr, "%s\n", err);
+		} else {
+			printf("%s: ok (%zu listeners, %zu accounts)\n", cfg->path, cfg->nlisteners,
+			    auth_count(a));
+			r = 0;
+		}
+		auth_unref(&a);
+	}
+	cfg_free(&cfg);
+	cli_opts_free(&o);
+	return r;
+}
+
+/* ---- passwd ---- */
+
+/* One line from stdin without echo when it is a terminal; NULL on EOF */
+static char *read_password(const char *prompt)
+{
+	struct termios old, noecho;
+	bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+	if (tty) {
+		fprintf(stderr, "%s", prompt);
+		noecho = old;
+		noecho.c_lflag &= ~(tcflag_t)ECHO;
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &noecho);
+	}
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n = getline(&line, &cap, stdin);
+	if (tty) {
+		tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+		fprintf(stderr, "\n");
+	}
+	if (n <= 0) {
+		free(line);
+		return NULL;
+	}
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		line[--n] = '\0';
+	return line;
+}
+
+int cli_passwd(int argc, char **argv)
+{
+	static const char usage[] =
+	    "usage: postling passwd [--secret]\n"
+	    "Reads a password from standard input and prints its crypt(3) hash (yescrypt)\n"
+	    "for the `password:` key. With --secret also prints SCRAM-SHA-1/256 keys.\n";
+	struct cli_opts o;
+	int r = parse_opts(argc, argv, usage, &o);
+	if (r < 0)
+		return opts_exit(r);
+	char *pass = read_password("Password: ");
+	if (pass == NULL || *pass == '\0') {
+		fprintf(stderr, "postling passwd: no password given\n");
+		free(pass);
+		return 1;
+	}
+	char *hash = auth_hash_password(pass);
+	printf("%s\n", hash);
+	if (o.secret) {
+		char *s1 = auth_scram_keys(pass, false), *s256 = auth_scram_keys(pass, true);
+		printf("scram_sha1: \"%s\"\nscram_sha256: \"%s\"\n", s1, s256);
+		free(s1);
+		free(s256);
+	}
+	explicit_bzero(pass, strlen(pass));
+	free(pass);
+	free(hash);
+	cli_opts_free(&o);
+	return 0;
+}
+
+/* ---- user add/del/list ---- */
+
+static int user_find(const struct cfg_user *u, size_t n, const char *addr)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcasecmp(u[i].address, addr) == 0)
+			return (int)i;
+	return -1;
+}
+
+static int user_add(const char *file, struct cfg_user **u, size_t *n, const char *addr, bool secret)
+{
+	if (user_find(*u, *n, addr) >= 0) {
+		fprintf(stderr, "postling user: %s already exists in %s\n", addr, file);
+		return 1;
+	}
+	char *pass = read_password("Password: ");
+	if (pass == NULL || *pass == '\0') {
+		fprintf(stderr, "postling user: no password given\n");
+		free(pass);
+		return 1;
+	}
+	*u = xreallocarray(*u, *n + 1, sizeof(**u));
+	struct cfg_user *nu = &(*u)[(*n)++];
+	memset(nu, 0, sizeof(*nu));
+	nu->address = xstrdup(addr);
+	for (char *p = nu->address; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	nu->password = auth_hash_password(pass);
+	nu->secret = xstrdup(secret ? pass : "");
+	nu->scram_sha1 = auth_scram_keys(pass, false);
+	nu->scram_sha256 = auth_scram_keys(pass, true);
+	nu->aliases = xcalloc(1, sizeof(char *));
+	explicit_bzero(pass, strlen(pass));
+	free(pass);
+	return 0;
+}
+
+static int user_del(const char *file, struct cfg_user *u, size_t *n, const char *addr)
+{
+	int i = user_find(u, *n, addr);
+	if (i < 0) {
+		fprintf(stderr, "postling user: no account %s in %s\n", addr, file);
+		return 1;
+	}
+	struct cfg_user gone = u[i];
+	memmove(&u[i], &u[i + 1], (*n - (size_t)i - 1) * sizeof(*u));
+	(*n)--;
+	struct cfg_user *one = xmalloc(sizeof(*one));
+	*one = gone;
+	cfg_users_free(&one, 1);
+	return 0;
+}
+
+static int user_list(const struct config *cfg, const struct cfg_user *u, size_t n)
+{
+	for (size_t i = 0; i < cfg->nusers; i++)
+		printf("%s\t(config)\n", cfg->users[i].address);
+	for (size_t i = 0; i < n; i++)
+		printf("%s\t(users file)%s\n", u[i].address, u[i].secret[0] ? " secret" : "");
+	return 0;
+}
+
+static int cli_user_run(const struct config *cfg, const char *verb, const char *addr, bool secret)
+{
+	const char *file = cfg->users_file;
+	struct cfg_user *u = NULL;
+	size_t n = 0;
+	char err[1024];
+	if (file[0] == '\0') {
+		if (strcmp(verb, "list") == 0)
+			return user_list(cfg, NULL, 0);
+		fprintf(stderr, "postling user: the configuration names no users_file\n");
+		return EXIT_CONFIG;
+	}
+	if (access(file, F_OK) == 0 && cfg_load_users_file(file, &u, &n, err, sizeof(err)) == -1) {
+		fprintf(stderr, "%s\n", err);
+		return EXIT_CONFIG;
+	}
+	int r;
+	if (strcmp(verb, "list") == 0)
+		r = user_list(cfg, u, n);
+	else if (strcmp(verb, "add") == 0)
+		r = user_add(file, &u, &n, addr, secret);
+	else if (strcmp(verb, "del") == 0)
+		r = user_del(file, u, &n, addr);
+	else {
+		fprintf(stderr, "postling user: unknown action '%s' (add, del, list)\n", verb);
+		r = EX_USAGE;
+	}
+	if (r == 0 && strcmp(verb, "list") != 0 &&
+	    cfg_save_users_file(file, u, n, err, sizeof(err)) == -1) {
+		fprintf(stderr, "postling user: %s\n", err);
+		r = 1;
+	}
+	if (r == 0 && strcmp(verb, "list") != 0)
+		printf("%s: %s %s (send SIGHUP to the server to apply)\n", file,
+		    strcmp(verb, "add") == 0 ? "added" : "deleted", addr);
+	cfg_users_free(&u, n);
+	return r;
+}
+
+int cli_user(int argc, char **argv)
+{
+	static const char usage[] =
+	    "usage: postling user [-c FILE] list\n"
+	    "       postling user [-c FILE] add ADDRESS [--secret]   (password on standard input)\n"
+	    "       postling user [-c FILE] del ADDRESS\n"
+	    "Edits the users file named by `users_file:` in the configuration (atomically);\n"
+	    "send SIGHUP to the server to load the change. --secret also keeps the password\n"
+	    "as a recoverable secret (enables CRAM-MD5 and APOP for the account).\n";
+	struct cli_opts o;
+	int r = parse_opts(argc, argv, usage, &o);
+	if (r < 0)
+		return opts_exit(r);
+	const char *verb = o.optind < argc ? argv[o.optind] : NULL;
+	const char *addr = o.optind + 1 < argc ? argv[o.optind + 1] : NULL;
+	if (verb == NULL || (strcmp(verb, "list") != 0 && addr == NULL)) {
+		fprintf(stderr, "%s", usage);
+		cli_opts_free(&o);
+		return EX_USAGE;
+	}
+	struct config *cfg = load_config(&o);
+	if (cfg == NULL) {
+		cli_opts_free(&o);
+		return EXIT_CONFIG;
+	}
+	r = cli_user_run(cfg, verb, addr, o.secret);
+	cfg_free(&cfg);
+	cli_opts_free(&o);
+	return r;
+}
+
+/* ---- deliver ---- */
+
+static int deliver_stdin(const struct config *cfg, const struct account *acct)
+{
+	char *user = maildir_user_path(cfg->server.data_dir, acct->address);
+	uint64_t size = 0;
+	int r = EX_TEMPFAIL;
+	if (user == NULL) {
+		fprintf(stderr, "postling deliver: unsafe address %s\n", acct->address);
+		return EX_NOUSER;
+	}
+	if (maildir_create(user) == -1)
+		fprintf(stderr, "postling deliver: cannot create %s: %s\n", user, strerror(errno));
+	else if (maildir_deliver_fd(user, cfg->server.hostname, STDIN_FILENO, 0, &size) == -1)
+		fprintf(stderr, "postling deliver: %s: %s\n", user, strerror(errno));
+	else
+		r = 0;
+	if (r == 0) {
+		struct logline *l = log_begin(LL_INFO, "deliver.ok");
+		log_str(l, "user", acct->address);
+		log_uint(l, "size", size);
+		log_end(l);
+	}
+	free(user);
+	return r;
+}
+
+int cli_deliver(int argc, char **argv)
+{
+	static const char usage[] =
+	    "usage: postling deliver [-c FILE | --demo] ADDRESS < message\n"
+	    "Delivers one message from standard input into the INBOX of a local account\n"
+	    "(or alias), durably (fsync before exit 0). Exit codes as dovecot-lda:\n"
+	    "67 unknown user, 75 temporary failure.\n";
+	struct cli_opts o;
+	int r = parse_opts(argc, argv, usage, &o);
+	if (r < 0)
+		return opts_exit(r);
+	if (o.optind >= argc) {
+		fprintf(stderr, "%s", usage);
+		cli_opts_free(&o);
+		return EX_USAGE;
+	}
+	struct config *cfg = load_config(&o);
+	if (cfg == NULL) {
+		cli_opts_free(&o);
+		return EXIT_CONFIG;
+	}
+	char err[1024];
+	struct auth *a = auth_new(cfg, err, sizeof(err));
+	const struct account *acct = a ? auth_find(a, argv[o.optind]) : NULL;
+	r = 0;
+	if (a == NULL) {
+		fprintf(stderr, "%s\n", err);
+		r = EXIT_CONFIG;
+	} else if (acct == NULL) {
+		fprintf(stderr, "postling deliver: no such local account: %s\n", argv[o.optind]);
+		r = EX_NOUSER;
+	} else {
+		r = deliver_stdin(cfg, acct);
+	}
+	auth_unref(&a);
+	cfg_free(&cfg);
+	cli_opts_free(&o);
+	return r;
+}
