@@ -685,7 +685,10 @@ static void file_opened(void *arg, int error, struct store_file *f)
 		return;
 	}
 	s->stream.file = f;
-	reply(s, "+OK %llu octets", (unsigned long long)store_file_size(f));
+	if (s->stream.body_lines_left >= 0)
+		reply(s, "+OK Top of message follows.");
+	else
+		reply(s, "+OK %llu octets", (unsigned long long)store_file_size(f));
 	stream_next(s);
 }
 

@@ -467,12 +467,14 @@ const struct account *auth_find(const struct auth *a, const char *address)
 
 /* ---------------------------------------------------------------- passwords */
 
-/* crypt_r with its ~32 KiB state on the heap (too big for worker stacks).
+/* crypt_rn with its ~32 KiB state on the heap (too big for worker stacks);
+ * crypt_rn rather than crypt_r because ASan's crypt_r interceptor crashes
+ * with libxcrypt.
  * NULL when the setting is not a hash libxcrypt knows ("*", "!", garbage). */
 static char *crypt_dup(const char *pass, const char *setting)
 {
 	struct crypt_data *cd = xcalloc(1, sizeof(*cd));
-	const char *h = crypt_r(pass, setting, cd);
+	const char *h = crypt_rn(pass, setting, cd, (int)sizeof(*cd));
 	char *r = h != NULL && h[0] != '*' ? xstrdup(h) : NULL;
 	OPENSSL_cleanse(cd, sizeof(*cd));
 	free(cd);
@@ -700,7 +702,9 @@ static char *made_up_salt(const struct auth_sasl *s, const char *authid)
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
-	char *lower = xasprintf("%s\n%s", s->mech->name, authid != NULL ? authid : "");
+	/* keyed by hash, not mechanism: -PLUS must show the same salt as plain SCRAM */
+	char *lower = xasprintf("%s\n%s", (s->mech->flags & M_SHA256) ? "sha256" : "sha1",
+	    authid != NULL ? authid : "");
 	for (char *p = lower; *p != '\0'; p++)
 		*p = (char)tolower((unsigned char)*p);
 	if (HMAC(EVP_sha256(), s->a->salt_key, SALT_KEY_LEN, (const unsigned char *)lower,

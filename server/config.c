@@ -50,9 +50,8 @@ typedef int check_fn(struct ctx *c, yaml_node_t *v, char **s_r);
 struct objlist {
 	size_t size;                 /* element size */
 	const struct key *keys;      /* keys of one element */
-	void (*init)(void *elem);    /* defaults, before mapping */
-	int (*post)(struct ctx *c, yaml_node_t *n, void *elem);
-	int (*done)(struct ctx *c, yaml_node_t *seq, void *arr, size_t n);
+	int (*post)(struct ctx *c, yaml_node_t *n, void *elem);   /* after each element, or NULL */
+	int (*done)(struct ctx *c, yaml_node_t *seq, void *arr, size_t n);  /* after all, or NULL */
 };
 
 struct key {
@@ -81,12 +80,15 @@ static const char *const valid_mechs[] = {
 
 /* ------------------------------------------------------------------ messages */
 
-static int verr_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, va_list ap)
-	__attribute__((format(printf, 3, 0)));
-static int verr_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, va_list ap)
+/* "name:line:col: msg", or "-o path: msg" for a node an override made. */
+__attribute__((format(printf, 3, 4)))
+static int fail_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, ...)
 {
 	char msg[768];
+	va_list ap;
+	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
 	if (m->index == OVR_MARK) {
 		const char *o = c->ovr[m->line];
 		snprintf(c->err, c->errlen, "-o %.*s: %s", (int)strcspn(o, "="), o, msg);
@@ -96,41 +98,16 @@ static int verr_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, va_list
 	return -1;
 }
 
-static int fail_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static int fail_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	verr_at(c, m, fmt, ap);
-	va_end(ap);
-	return -1;
-}
-
-static int fail(struct ctx *c, const yaml_node_t *n, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static int fail(struct ctx *c, const yaml_node_t *n, const char *fmt, ...)
+static const yaml_mark_t *node_mark(const yaml_node_t *n)
 {
 	static const yaml_mark_t top = { 0, 0, 0 };
-	va_list ap;
-	va_start(ap, fmt);
-	verr_at(c, n != NULL ? &n->start_mark : &top, fmt, ap);
-	va_end(ap);
-	return -1;
+	return n != NULL ? &n->start_mark : &top;
 }
 
-/* An error about override number oi as a whole (bad path, bad syntax). */
-static int ovr_fail(struct ctx *c, size_t oi, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-static int ovr_fail(struct ctx *c, size_t oi, const char *fmt, ...)
-{
-	yaml_mark_t m = { OVR_MARK, oi, 0 };
-	va_list ap;
-	va_start(ap, fmt);
-	verr_at(c, &m, fmt, ap);
-	va_end(ap);
-	return -1;
-}
+/* at node n (NULL: the top of the file) */
+#define fail(c, n, ...) fail_at((c), node_mark(n), __VA_ARGS__)
+/* about override number oi as a whole (bad path, bad syntax) */
+#define ovr_fail(c, oi, ...) fail_at((c), &(yaml_mark_t){ OVR_MARK, (oi), 0 }, __VA_ARGS__)
 
 /* ------------------------------------------------------------------ nodes */
 
@@ -430,6 +407,19 @@ static int key_map(struct ctx *c, yaml_node_t *v, void *base, const struct key *
 	return map_mapping(c, v, k->sub, base, k->name);
 }
 
+/* Strings "" and lists empty: no string or list field is ever NULL. */
+static void walk_init(const struct key *keys, void *base)
+{
+	for (const struct key *k = keys; k->name != NULL; k++) {
+		if (k->fn == key_str)
+			*(char **)field(base, k->off) = xstrdup("");
+		else if (k->fn == key_strlist)
+			*(char ***)field(base, k->off) = xcalloc(1, sizeof(char *));
+		else if (k->fn == key_map)
+			walk_init(k->sub, base);
+	}
+}
+
 /* A list of mappings -> array of k->list->size structs. The array and count are
  * stored before the elements are mapped, so cfg_free can release a partial one. */
 static int key_objs(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
@@ -445,7 +435,7 @@ static int key_objs(struct ctx *c, yaml_node_t *v, void *base, const struct key 
 	for (size_t i = 0; i < n; i++) {
 		yaml_node_t *it = node(c, v->data.sequence.items.start[i]);
 		void *elem = arr + i * ol->size;
-		ol->init(elem);
+		walk_init(ol->keys, elem);
 		(*np)++;
 		if (map_mapping(c, it, ol->keys, elem, k->name) == -1)
 			return -1;
@@ -453,6 +443,26 @@ static int key_objs(struct ctx *c, yaml_node_t *v, void *base, const struct key 
 			return -1;
 	}
 	return ol->done != NULL ? ol->done(c, v, arr, n) : 0;
+}
+
+static void walk_free(const struct key *keys, void *base)
+{
+	for (const struct key *k = keys; k->name != NULL; k++) {
+		if (k->fn == key_str) {
+			free(*(char **)field(base, k->off));
+		} else if (k->fn == key_strlist) {
+			xfree_strv(field(base, k->off));
+		} else if (k->fn == key_map) {
+			walk_free(k->sub, base);
+		} else if (k->fn == key_objs) {
+			char *arr;
+			size_t n = *(size_t *)field(base, k->noff);
+			memcpy(&arr, field(base, k->off), sizeof(arr));
+			for (size_t i = 0; i < n; i++)
+				walk_free(k->list->keys, arr + i * k->list->size);
+			free(arr);
+		}
+	}
 }
 
 static int key_proto(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
@@ -472,7 +482,7 @@ static int key_proto(struct ctx *c, yaml_node_t *v, void *base, const struct key
 static int key_level(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
 {
 	int l = v->type == YAML_SCALAR_NODE ? log_level_parse(scalar(v)) : -1;
-	if (l == -1 && v->type != YAML_SCALAR_NODE)
+	if (l == -1 && (v->type != YAML_SCALAR_NODE || is_null(v)))
 		return type_err(c, v, k->name, "a log level");
 	if (l == -1)
 		return fail(c, v, "unknown log level '%.60s' (valid: debug, info, warn, error)", scalar(v));
@@ -492,16 +502,10 @@ static int key_tls_version(struct ctx *c, yaml_node_t *v, void *base, const stru
 
 /* ------------------------------------------------------------------ value checks */
 
-static void lowercase(char *s)
+static void setcase(char *s, int (*conv)(int))
 {
 	for (; *s != '\0'; s++)
-		*s = (char)tolower((unsigned char)*s);
-}
-
-static void uppercase(char *s)
-{
-	for (; *s != '\0'; s++)
-		*s = (char)toupper((unsigned char)*s);
+		*s = (char)conv((unsigned char)*s);
 }
 
 /* Why a domain or local part is unsafe as a path component (design §5), or NULL. */
@@ -536,7 +540,7 @@ static const char *address_problem(const char *s)
 
 static int check_address(struct ctx *c, yaml_node_t *v, char **s_r)
 {
-	lowercase(*s_r);
+	setcase(*s_r, tolower);
 	const char *why = address_problem(*s_r);
 	if (why != NULL)
 		return fail(c, v, "bad address '%.60s': %s", *s_r, why);
@@ -545,7 +549,7 @@ static int check_address(struct ctx *c, yaml_node_t *v, char **s_r)
 
 static int check_domain(struct ctx *c, yaml_node_t *v, char **s_r)
 {
-	lowercase(*s_r);
+	setcase(*s_r, tolower);
 	const char *why = strchr(*s_r, '@') != NULL ? "contains '@'" : part_problem(*s_r, strlen(*s_r));
 	if (why != NULL)
 		return fail(c, v, "bad domain '%.60s': %s", *s_r, why);
@@ -554,7 +558,7 @@ static int check_domain(struct ctx *c, yaml_node_t *v, char **s_r)
 
 static int check_mech(struct ctx *c, yaml_node_t *v, char **s_r)
 {
-	uppercase(*s_r);
+	setcase(*s_r, toupper);
 	for (size_t i = 0; valid_mechs[i] != NULL; i++)
 		if (strcmp(*s_r, valid_mechs[i]) == 0)
 			return 0;
@@ -587,7 +591,7 @@ static int check_hostname(struct ctx *c, yaml_node_t *v, char **s_r)
 static int check_expire(struct ctx *c, yaml_node_t *v, char **s_r)
 {
 	long long days;
-	uppercase(*s_r);
+	setcase(*s_r, toupper);
 	if (strcmp(*s_r, "NEVER") == 0 || (parse_ll(*s_r, &days) && days >= 0 && **s_r != '+'))
 		return 0;
 	return fail(c, v, "expire: expected NEVER or a number of days, found '%.60s'", *s_r);
@@ -628,9 +632,13 @@ static int check_key_file(struct ctx *c, yaml_node_t *v, char **s_r)
 	return check_readable(c, v, *s_r, "key");
 }
 
+/* A users file that does not exist yet counts as empty (`postling user add`
+ * creates it); one that exists must be readable. */
 static int check_users_file(struct ctx *c, yaml_node_t *v, char **s_r)
 {
-	return **s_r == '\0' ? 0 : check_readable(c, v, *s_r, "users");
+	if (**s_r == '\0' || (access(*s_r, F_OK) == -1 && errno == ENOENT))
+		return 0;
+	return check_readable(c, v, *s_r, "users");
 }
 
 /* ------------------------------------------------------------------ key tables */
@@ -647,137 +655,119 @@ static char **strv_dup(const char *const *src, size_t *n_r)
 	return v;
 }
 
-static void listener_init(void *elem)
-{
-	struct cfg_listener *l = elem;
-	l->proto = PROTO_SMTP;
-}
-
 static int listener_post(struct ctx *c, yaml_node_t *n, void *elem)
 {
 	static const char *const any[] = { "0.0.0.0", "::", NULL };
 	struct cfg_listener *l = elem;
 	l->line = (int)n->start_mark.line + 1;
-	if (l->addresses == NULL)
+	if (l->naddresses == 0) {
+		xfree_strv(&l->addresses);
 		l->addresses = strv_dup(any, &l->naddresses);
+	}
 	return 0;
-}
-
-static void cert_init(void *elem)
-{
-	struct cfg_cert *ce = elem;
-	ce->cert = xstrdup("");
-	ce->key = xstrdup("");
-}
-
-static void user_init(void *elem)
-{
-	struct cfg_user *u = elem;
-	u->address = xstrdup("");
-	u->password = xstrdup("");
-	u->secret = xstrdup("");
-	u->scram_sha1 = xstrdup("");
-	u->scram_sha256 = xstrdup("");
-	u->aliases = xcalloc(1, sizeof(char *));
 }
 
 static int users_done(struct ctx *c, yaml_node_t *seq, void *arr, size_t n);
 
+/* one table entry: name, handler, offset, then designated extras */
+#define K(name_, fn_, off_, ...) { .name = name_, .fn = fn_, .off = off_, __VA_ARGS__ }
+
 #define LOFF(f) offsetof(struct cfg_listener, f)
 static const struct key listener_keys[] = {
-	{ "protocol", key_proto, LOFF(proto), .flags = KF_REQUIRED },
-	{ "address", key_strlist, LOFF(addresses), LOFF(naddresses), .check = check_ip,
-	  .flags = KF_SCALAR_LIST },
-	{ "port", key_int, LOFF(port), .min = 1, .max = 65535, .flags = KF_REQUIRED },
-	{ "proxy_protocol", key_reserved_false, LOFF(proxy_protocol) },
+	K("protocol", key_proto, LOFF(proto), .flags = KF_REQUIRED),
+	K("address", key_strlist, LOFF(addresses), .noff = LOFF(naddresses), .check = check_ip,
+	  .flags = KF_SCALAR_LIST),
+	K("port", key_int, LOFF(port), .min = 1, .max = 65535, .flags = KF_REQUIRED),
+	K("proxy_protocol", key_reserved_false, LOFF(proxy_protocol)),
 	{ .name = NULL },
 };
 static const struct objlist listener_list = {
-	sizeof(struct cfg_listener), listener_keys, listener_init, listener_post, NULL
+	sizeof(struct cfg_listener), listener_keys, listener_post, NULL
 };
 
 #define CEOFF(f) offsetof(struct cfg_cert, f)
 static const struct key cert_keys[] = {
-	{ "cert", key_str, CEOFF(cert), .check = check_cert_file, .flags = KF_REQUIRED },
-	{ "key", key_str, CEOFF(key), .check = check_key_file, .flags = KF_REQUIRED },
+	K("cert", key_str, CEOFF(cert), .check = check_cert_file, .flags = KF_REQUIRED),
+	K("key", key_str, CEOFF(key), .check = check_key_file, .flags = KF_REQUIRED),
 	{ .name = NULL },
 };
-static const struct objlist cert_list = { sizeof(struct cfg_cert), cert_keys, cert_init, NULL, NULL };
+static const struct objlist cert_list = { sizeof(struct cfg_cert), cert_keys, NULL, NULL };
 
 #define UOFF(f) offsetof(struct cfg_user, f)
 static const struct key user_keys[] = {
-	{ "address", key_str, UOFF(address), .check = check_address, .flags = KF_REQUIRED },
-	{ "password", key_str, UOFF(password) },
-	{ "secret", key_str, UOFF(secret) },
-	{ "scram_sha1", key_str, UOFF(scram_sha1), .check = check_scram },
-	{ "scram_sha256", key_str, UOFF(scram_sha256), .check = check_scram },
-	{ "aliases", key_strlist, UOFF(aliases), UOFF(naliases), .check = check_address },
-	{ "quota", key_size, UOFF(quota) },
+	K("address", key_str, UOFF(address), .check = check_address, .flags = KF_REQUIRED),
+	K("password", key_str, UOFF(password)),
+	K("secret", key_str, UOFF(secret)),
+	K("scram_sha1", key_str, UOFF(scram_sha1), .check = check_scram),
+	K("scram_sha256", key_str, UOFF(scram_sha256), .check = check_scram),
+	K("aliases", key_strlist, UOFF(aliases), .noff = UOFF(naliases), .check = check_address),
+	K("quota", key_size, UOFF(quota)),
 	{ .name = NULL },
 };
-static const struct objlist user_list = { sizeof(struct cfg_user), user_keys, user_init, NULL, users_done };
+static const struct objlist user_list = { sizeof(struct cfg_user), user_keys, NULL, users_done };
 
 #define OFF(f) offsetof(struct config, f)
 #define DAYS(n) ((long long)(n) * 86400)
 static const struct key server_keys[] = {
-	{ "hostname", key_str, OFF(server.hostname), .check = check_hostname },
-	{ "data_dir", key_str, OFF(server.data_dir), .check = check_nonempty },
-	{ "user", key_str, OFF(server.user) },
-	{ "max_connections", key_int, OFF(server.max_connections), .min = 1, .max = 1000000 },
-	{ "max_connections_per_ip", key_int, OFF(server.max_connections_per_ip), .min = 1, .max = 1000000 },
-	{ "shutdown_timeout", key_dur_int, OFF(server.shutdown_timeout), .min = 0, .max = 3600 },
+	K("hostname", key_str, OFF(server.hostname), .check = check_hostname),
+	K("data_dir", key_str, OFF(server.data_dir), .check = check_nonempty),
+	K("user", key_str, OFF(server.user)),
+	K("max_connections", key_int, OFF(server.max_connections), .min = 1, .max = 1000000),
+	K("max_connections_per_ip", key_int, OFF(server.max_connections_per_ip), .min = 1, .max = 1000000),
+	K("shutdown_timeout", key_dur_int, OFF(server.shutdown_timeout), .min = 0, .max = 3600),
 	{ .name = NULL },
 };
 static const struct key log_keys[] = {
-	{ "level", key_level, OFF(log.level) },
-	{ "file", key_str, OFF(log.file) },
+	K("level", key_level, OFF(log.level)),
+	K("file", key_str, OFF(log.file)),
 	{ .name = NULL },
 };
 static const struct key tls_keys[] = {
-	{ "certificates", key_objs, OFF(tls.certificates), OFF(tls.ncertificates), .list = &cert_list },
-	{ "self_signed", key_bool, OFF(tls.self_signed) },
-	{ "min_version", key_tls_version, OFF(tls.min_version) },
+	K("certificates", key_objs, OFF(tls.certificates), .noff = OFF(tls.ncertificates), .list = &cert_list),
+	K("self_signed", key_bool, OFF(tls.self_signed)),
+	K("min_version", key_tls_version, OFF(tls.min_version)),
 	{ .name = NULL },
 };
 static const struct key auth_keys[] = {
-	{ "mechanisms", key_strlist, OFF(auth.mechanisms), OFF(auth.nmechanisms), .check = check_mech },
-	{ "allow_plaintext", key_bool, OFF(auth.allow_plaintext) },
-	{ "max_failures", key_int, OFF(auth.max_failures), .min = 1, .max = 1000000 },
-	{ "fail_window", key_dur_int, OFF(auth.fail_window), .min = 1, .max = DAYS(1) },
+	K("mechanisms", key_strlist, OFF(auth.mechanisms), .noff = OFF(auth.nmechanisms), .check = check_mech),
+	K("allow_plaintext", key_bool, OFF(auth.allow_plaintext)),
+	K("loopback_is_local", key_bool, OFF(auth.loopback_is_local)),
+	K("max_failures", key_int, OFF(auth.max_failures), .min = 1, .max = 1000000),
+	K("fail_window", key_dur_int, OFF(auth.fail_window), .min = 1, .max = DAYS(1)),
 	{ .name = NULL },
 };
 static const struct key pop3_keys[] = {
-	{ "timeout", key_dur_int, OFF(pop3.timeout), .min = 30, .max = DAYS(1) },
-	{ "login_delay", key_dur_int, OFF(pop3.login_delay), .min = 0, .max = DAYS(1) },
-	{ "expire", key_str, OFF(pop3.expire), .check = check_expire },
+	K("timeout", key_dur_int, OFF(pop3.timeout), .min = 30, .max = DAYS(1)),
+	K("login_delay", key_dur_int, OFF(pop3.login_delay), .min = 0, .max = DAYS(1)),
+	K("expire", key_str, OFF(pop3.expire), .check = check_expire),
 	{ .name = NULL },
 };
 static const struct key dns_keys[] = {
-	{ "servers", key_strlist, OFF(relay.dns_servers), OFF(relay.ndns_servers), .check = check_ip },
-	{ "port", key_int, OFF(relay.dns_port), .min = 1, .max = 65535 },
+	K("servers", key_strlist, OFF(relay.dns_servers), .noff = OFF(relay.ndns_servers), .check = check_ip),
+	K("port", key_int, OFF(relay.dns_port), .min = 1, .max = 65535),
 	{ .name = NULL },
 };
 static const struct key relay_keys[] = {
-	{ "smarthost", key_str, OFF(relay.smarthost) },
-	{ "dns", key_map, 0, .sub = dns_keys },
-	{ "port", key_int, OFF(relay.port), .min = 1, .max = 65535 },
-	{ "retry_initial", key_dur64, OFF(relay.retry_initial), .min = 1, .max = DAYS(30) },
-	{ "retry_max", key_dur64, OFF(relay.retry_max), .min = 1, .max = DAYS(30) },
-	{ "warn_after", key_dur64, OFF(relay.warn_after), .min = 0, .max = DAYS(365) },
-	{ "max_queue_time", key_dur64, OFF(relay.max_queue_time), .min = 1, .max = DAYS(365) },
+	K("smarthost", key_str, OFF(relay.smarthost)),
+	K("dns", key_map, 0, .sub = dns_keys),
+	K("port", key_int, OFF(relay.port), .min = 1, .max = 65535),
+	K("retry_initial", key_dur64, OFF(relay.retry_initial), .min = 1, .max = DAYS(30)),
+	K("retry_max", key_dur64, OFF(relay.retry_max), .min = 1, .max = DAYS(30)),
+	K("warn_after", key_dur64, OFF(relay.warn_after), .min = 0, .max = DAYS(365)),
+	K("max_queue_time", key_dur64, OFF(relay.max_queue_time), .min = 1, .max = DAYS(365)),
 	{ .name = NULL },
 };
 static const struct key root_keys[] = {
-	{ "server", key_map, 0, .sub = server_keys },
-	{ "log", key_map, 0, .sub = log_keys },
-	{ "tls", key_map, 0, .sub = tls_keys },
-	{ "listeners", key_objs, OFF(listeners), OFF(nlisteners), .list = &listener_list },
-	{ "domains", key_strlist, OFF(domains), OFF(ndomains), .check = check_domain },
-	{ "auth", key_map, 0, .sub = auth_keys },
-	{ "pop3", key_map, 0, .sub = pop3_keys },
-	{ "users_file", key_str, OFF(users_file), .check = check_users_file },
-	{ "users", key_objs, OFF(users), OFF(nusers), .list = &user_list },
-	{ "relay", key_map, 0, .sub = relay_keys },
+	K("server", key_map, 0, .sub = server_keys),
+	K("log", key_map, 0, .sub = log_keys),
+	K("tls", key_map, 0, .sub = tls_keys),
+	K("listeners", key_objs, OFF(listeners), .noff = OFF(nlisteners), .list = &listener_list),
+	K("domains", key_strlist, OFF(domains), .noff = OFF(ndomains), .check = check_domain),
+	K("auth", key_map, 0, .sub = auth_keys),
+	K("pop3", key_map, 0, .sub = pop3_keys),
+	K("users_file", key_str, OFF(users_file), .check = check_users_file),
+	K("users", key_objs, OFF(users), .noff = OFF(nusers), .list = &user_list),
+	K("relay", key_map, 0, .sub = relay_keys),
 	{ .name = NULL },
 };
 
@@ -787,8 +777,8 @@ struct users_doc {
 	size_t n;
 };
 static const struct key users_doc_keys[] = {
-	{ "users", key_objs, offsetof(struct users_doc, users), offsetof(struct users_doc, n),
-	  .list = &user_list },
+	K("users", key_objs, offsetof(struct users_doc, users), .noff = offsetof(struct users_doc, n),
+	  .list = &user_list),
 	{ .name = NULL },
 };
 
@@ -930,7 +920,7 @@ static int parser_error(struct ctx *c, const yaml_parser_t *p, const char *text,
 {
 	yaml_mark_t m = p->problem_mark;
 	const char *problem = p->problem != NULL ? p->problem : "YAML syntax error";
-	size_t col;
+	size_t col = 0;
 	if (p->error == YAML_MEMORY_ERROR)
 		fatalx("config: out of memory parsing YAML");
 	if (p->error == YAML_READER_ERROR) {
@@ -1121,8 +1111,6 @@ static int set_path(struct ctx *c, size_t oi, const char *path, size_t pathlen, 
 {
 	int cur = 1;   /* the root is the first node */
 	struct slot sl = { 0, 0, false };
-	if (yaml_document_get_root_node(c->doc) == NULL)
-		mark_new(c, yaml_document_add_mapping(c->doc, NULL, YAML_BLOCK_MAPPING_STYLE), oi);
 	for (size_t at = 0;;) {
 		size_t len = strcspn(path + at, ".");
 		if (len > pathlen - at)
@@ -1146,6 +1134,10 @@ static int set_path(struct ctx *c, size_t oi, const char *path, size_t pathlen, 
 
 static int apply_overrides(struct ctx *c, size_t n)
 {
+	/* an empty file: the root mapping must be node 1, made before any value */
+	if (n > 0 && yaml_document_get_root_node(c->doc) == NULL &&
+	    yaml_document_add_mapping(c->doc, NULL, YAML_BLOCK_MAPPING_STYLE) == 0)
+		fatalx("config: out of memory building the YAML tree");
 	for (size_t i = 0; i < n; i++) {
 		const char *o = c->ovr[i], *eq = strchr(o, '=');
 		if (eq == NULL || eq == o)
@@ -1205,35 +1197,26 @@ static int read_file(const char *path, struct buf *b, char *err, size_t errlen)
 	return 0;
 }
 
+/* Defaults (design §8), mapped through the same tables before the file itself. */
+static const char defaults_yaml[] =
+	"server: { data_dir: /var/lib/postling, user: postling, max_connections: 2000,\n"
+	"  max_connections_per_ip: 20, shutdown_timeout: 30 }\n"
+	"log: { level: info }\n"
+	"tls: { min_version: \"1.2\" }\n"
+	"auth: { mechanisms: [PLAIN, LOGIN, SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5], max_failures: 10,\n"
+	"  fail_window: 15m, loopback_is_local: true }\n"
+	"pop3: { timeout: 10m, expire: NEVER }\n"
+	"relay: { dns: { port: 53 }, port: 25, retry_initial: 5m, retry_max: 1h, warn_after: 4h,\n"
+	"  max_queue_time: 5d }\n";
+
 static void cfg_defaults(struct config *cfg, const char *path)
 {
-	static const char *const none[] = { NULL };
-	static const char *const mechs[] = { "PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", NULL };
+	char err[256];
+	struct ctx c = { "<defaults>", NULL, NULL, err, sizeof(err) };
 	cfg->path = xstrdup(path);
-	cfg->server.hostname = xstrdup("");
-	cfg->server.data_dir = xstrdup("/var/lib/postling");
-	cfg->server.user = xstrdup("postling");
-	cfg->server.max_connections = 2000;
-	cfg->server.max_connections_per_ip = 20;
-	cfg->server.shutdown_timeout = 30;
-	cfg->log.level = LL_INFO;
-	cfg->log.file = xstrdup("");
-	cfg->tls.min_version = 12;
-	cfg->domains = strv_dup(none, &cfg->ndomains);
-	cfg->auth.mechanisms = strv_dup(mechs, &cfg->auth.nmechanisms);
-	cfg->auth.max_failures = 10;
-	cfg->auth.fail_window = 900;
-	cfg->pop3.timeout = 600;
-	cfg->pop3.expire = xstrdup("NEVER");
-	cfg->users_file = xstrdup("");
-	cfg->relay.smarthost = xstrdup("");
-	cfg->relay.dns_servers = strv_dup(none, &cfg->relay.ndns_servers);
-	cfg->relay.dns_port = 53;
-	cfg->relay.port = 25;
-	cfg->relay.retry_initial = 5 * 60;
-	cfg->relay.retry_max = 60 * 60;
-	cfg->relay.warn_after = 4 * 60 * 60;
-	cfg->relay.max_queue_time = 5 * 86400;
+	walk_init(root_keys, cfg);
+	if (load_doc(&c, defaults_yaml, sizeof(defaults_yaml) - 1, 0, root_keys, cfg, NULL) == -1)
+		fatalx("config defaults: %s", err);
 }
 
 struct config *cfg_load_string(const char *name, const char *text, size_t len,
@@ -1258,106 +1241,60 @@ struct config *cfg_load(const char *path, char *const *overrides, size_t noverri
 	return cfg;
 }
 
-static void cfg_user_clear(struct cfg_user *u)
-{
-	free(u->address);
-	free(u->password);
-	free(u->secret);
-	free(u->scram_sha1);
-	free(u->scram_sha256);
-	xfree_strv(&u->aliases);
-}
-
 void cfg_users_free(struct cfg_user **users_r, size_t n)
 {
-	struct cfg_user *u = *users_r;
-	if (u == NULL)
-		return;
-	for (size_t i = 0; i < n; i++)
-		cfg_user_clear(&u[i]);
-	free(u);
+	struct users_doc d = { *users_r, n };
+	walk_free(users_doc_keys, &d);
 	*users_r = NULL;
 }
 
 void cfg_free(struct config **cfg_r)
 {
-	struct config *cfg = *cfg_r;
-	if (cfg == NULL)
+	if (*cfg_r == NULL)
 		return;
-	free(cfg->path);
-	free(cfg->server.hostname);
-	free(cfg->server.data_dir);
-	free(cfg->server.user);
-	free(cfg->log.file);
-	for (size_t i = 0; i < cfg->tls.ncertificates; i++) {
-		free(cfg->tls.certificates[i].cert);
-		free(cfg->tls.certificates[i].key);
-	}
-	free(cfg->tls.certificates);
-	for (size_t i = 0; i < cfg->nlisteners; i++)
-		xfree_strv(&cfg->listeners[i].addresses);
-	free(cfg->listeners);
-	xfree_strv(&cfg->domains);
-	xfree_strv(&cfg->auth.mechanisms);
-	free(cfg->pop3.expire);
-	free(cfg->users_file);
-	cfg_users_free(&cfg->users, cfg->nusers);
-	free(cfg->relay.smarthost);
-	xfree_strv(&cfg->relay.dns_servers);
-	free(cfg);
+	walk_free(root_keys, *cfg_r);
+	free((*cfg_r)->path);
+	free(*cfg_r);
 	*cfg_r = NULL;
 }
 
 /* ------------------------------------------------------------------ users file */
 
-int cfg_load_users_file(const char *path, struct cfg_user **users_r, size_t *nusers_r,
-    char *err, size_t errlen)
+static int load_users_text(const char *name, const char *text, size_t len, struct cfg_user **users_r,
+    size_t *nusers_r, char *err, size_t errlen)
 {
-	struct ctx c = { path, NULL, NULL, err, errlen };
+	struct ctx c = { name, NULL, NULL, err, errlen };
 	struct users_doc d = { NULL, 0 };
-	struct buf b;
-	if (read_file(path, &b, err, errlen) == -1)
-		return -1;
-	int r = load_doc(&c, b.data != NULL ? b.data : "", b.len, 0, users_doc_keys, &d, NULL);
-	buf_free(&b);
-	if (r == -1) {
+	if (load_doc(&c, text, len, 0, users_doc_keys, &d, NULL) == -1) {
 		cfg_users_free(&d.users, d.n);
 		return -1;
 	}
-	if (d.users == NULL)
-		d.users = xcalloc(1, sizeof(*d.users));
-	*users_r = d.users;
+	*users_r = d.users != NULL ? d.users : xcalloc(1, sizeof(*d.users));
 	*nusers_r = d.n;
 	return 0;
 }
 
-/* RFC 3629 well-formed UTF-8 (YAML files must be UTF-8; the loader rejects others). */
-static bool utf8_valid(const char *s)
+int cfg_load_users_file(const char *path, struct cfg_user **users_r, size_t *nusers_r,
+    char *err, size_t errlen)
 {
-	const unsigned char *p = (const unsigned char *)s;
-	while (*p != '\0') {
-		size_t n = *p < 0x80 ? 0 : *p >= 0xc2 && *p <= 0xdf ? 1 : (*p & 0xf0) == 0xe0 ? 2
-		    : *p >= 0xf0 && *p <= 0xf4 ? 3 : SIZE_MAX;
-		if (n == SIZE_MAX)
-			return false;
-		unsigned cp = n == 0 ? *p : *p & (0x3fu >> n);
-		for (size_t i = 1; i <= n; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return false;
-			cp = (cp << 6) | (p[i] & 0x3fu);
-		}
-		if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-			return false;
-		p += n + 1;
+	struct buf b;
+	if (access(path, F_OK) == -1 && errno == ENOENT) {
+		*users_r = NULL;          /* not created yet: no accounts from it */
+		*nusers_r = 0;
+		return 0;
 	}
-	return true;
+	if (read_file(path, &b, err, errlen) == -1)
+		return -1;
+	int r = load_users_text(path, b.data != NULL ? b.data : "", b.len, users_r, nusers_r, err, errlen);
+	buf_free(&b);
+	return r;
 }
 
 /* A YAML double-quoted scalar: any string survives (control bytes as \xNN). */
 static int put_quoted(struct buf *b, const char *s)
 {
 	int r = buf_appendc(b, '"');
-	for (const unsigned char *p = (const unsigned char *)s; *p != '\0' && r == 0; p++) {
+	for (const unsigned char *p = (const unsigned char *)(s != NULL ? s : ""); *p != '\0' && r == 0; p++) {
 		if (*p == '"' || *p == '\\')
 			r = buf_printf(b, "\\%c", *p);
 		else if (*p < 0x20 || *p == 0x7f)
@@ -1368,61 +1305,40 @@ static int put_quoted(struct buf *b, const char *s)
 	return r == 0 ? buf_appendc(b, '"') : -1;
 }
 
-static int put_field(struct buf *b, const char *lead, const char *name, const char *val)
+static int put_list(struct buf *b, char *const *v, size_t n)
 {
-	if (buf_printf(b, "%s%s: ", lead, name) == -1 || put_quoted(b, val) == -1)
-		return -1;
-	return buf_appendc(b, '\n');
+	int r = buf_appendc(b, '[');
+	for (size_t i = 0; i < n && r == 0; i++)
+		if ((r = buf_appends(b, i ? ", " : "")) == 0)
+			r = put_quoted(b, v[i]);
+	return r == 0 ? buf_appendc(b, ']') : -1;
 }
 
+/* One user, keys in the order of user_keys (its one list is aliases, its one size quota). */
 static int put_user(struct buf *b, const struct cfg_user *u)
 {
-	int r = put_field(b, "  - ", "address", u->address);
-	if (r == 0)
-		r = put_field(b, "    ", "password", u->password);
-	if (r == 0)
-		r = put_field(b, "    ", "secret", u->secret);
-	if (r == 0)
-		r = put_field(b, "    ", "scram_sha1", u->scram_sha1);
-	if (r == 0)
-		r = put_field(b, "    ", "scram_sha256", u->scram_sha256);
-	if (r == 0)
-		r = buf_appends(b, "    aliases: [");
-	for (size_t i = 0; i < u->naliases && r == 0; i++)
-		if ((r = buf_appends(b, i ? ", " : "")) == 0)
-			r = put_quoted(b, u->aliases[i]);
-	return r == 0 ? buf_printf(b, "]\n    quota: %llu\n", (unsigned long long)u->quota) : -1;
+	int r = 0;
+	for (const struct key *k = user_keys; k->name != NULL && r == 0; k++) {
+		r = buf_printf(b, "%s%s: ", k == user_keys ? "  - " : "    ", k->name);
+		if (r == 0 && k->fn == key_str)
+			r = put_quoted(b, *(char *const *)((const char *)u + k->off));
+		else if (r == 0 && k->fn == key_strlist)
+			r = put_list(b, u->aliases, u->naliases);
+		else if (r == 0 && k->fn == key_size)
+			r = buf_printf(b, "%llu", (unsigned long long)u->quota);
+		if (r == 0)
+			r = buf_appendc(b, '\n');
+	}
+	return r;
 }
 
-static const char *user_problem(const struct cfg_user *u)
+static int users_yaml(struct buf *b, const struct cfg_user *users, size_t n)
 {
-	const char *f[] = { u->address, u->password, u->secret, u->scram_sha1, u->scram_sha256 };
-	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++)
-		if (f[i] == NULL || !utf8_valid(f[i]))
-			return "a field is missing or not valid UTF-8";
-	for (size_t i = 0; i < u->naliases; i++)
-		if (!utf8_valid(u->aliases[i]))
-			return "an alias is not valid UTF-8";
-	return address_problem(u->address);
-}
-
-static int users_yaml(struct buf *b, const struct cfg_user *users, size_t n, char *err, size_t errlen)
-{
-	int r = buf_appends(b, "# Postling users file: accounts (design §4), written by postling.\n"
-	    "# Comments are not preserved when postling rewrites it.\n");
+	int r = buf_appends(b, "# Postling users file (design §4), written by postling: comments are not kept.\n");
 	if (r == 0)
 		r = buf_appends(b, n == 0 ? "users: []\n" : "users:\n");
-	for (size_t i = 0; i < n && r == 0; i++) {
-		const char *why = user_problem(&users[i]);
-		if (why != NULL) {
-			snprintf(err, errlen, "user %zu ('%.60s'): %s", i + 1,
-			    users[i].address != NULL ? users[i].address : "", why);
-			return -1;
-		}
+	for (size_t i = 0; i < n && r == 0; i++)
 		r = put_user(b, &users[i]);
-	}
-	if (r == -1)
-		snprintf(err, errlen, "users file larger than %u bytes", CFG_MAX_USERS);
 	return r;
 }
 
@@ -1478,10 +1394,17 @@ int cfg_save_users_file(const char *path, const struct cfg_user *users, size_t n
     char *err, size_t errlen)
 {
 	struct buf b;
+	struct cfg_user *check = NULL;
+	size_t ncheck = 0;
 	buf_init(&b, CFG_MAX_USERS);
-	int r = users_yaml(&b, users, n, err, errlen);
-	if (r == 0)
+	int r = users_yaml(&b, users, n);
+	if (r == -1)
+		snprintf(err, errlen, "%s: more than %u bytes", path, CFG_MAX_USERS);
+	/* What is written must load back: the loader's checks (safe addresses,
+	 * UTF-8, duplicates) run on the new text before it replaces the file. */
+	if (r == 0 && (r = load_users_text(path, b.data, b.len, &check, &ncheck, err, errlen)) == 0)
 		r = write_atomic(path, b.data, b.len, err, errlen);
+	cfg_users_free(&check, ncheck);
 	buf_free(&b);
 	return r;
 }

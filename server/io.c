@@ -212,8 +212,12 @@ static int bev_make_tls(struct conn *c)
 	}
 	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
 	c->handshaking = true;
-	c->timeout = IO_HANDSHAKE_TIMEOUT;
 	bev_setup(c);
+	/* the handshake needs reading even while the session is paused; input
+	 * that follows it is only handed over once the session resumes */
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	struct timeval hs = { IO_HANDSHAKE_TIMEOUT, 0 };
+	bufferevent_set_timeouts(c->bev, &hs, &hs);
 	return 0;
 }
 
@@ -355,7 +359,6 @@ static void tls_ready(struct conn *c)
 	if (!c->started)
 		conn_start(c);
 	else {
-		c->timeout = 300;
 		io_set_timeout(c, c->timeout);
 		conn_emit(c, IO_TLSREADY);
 	}
@@ -383,8 +386,9 @@ static void conn_eventcb(struct bufferevent *bev, short what, void *arg)
 		return;
 	}
 	if (what & BEV_EVENT_TIMEOUT) {
-		if (c->handshaking || c->state != CS_OPEN) {
-			conn_reap(c, c->handshaking ? "tls handshake timeout" : "close timeout");
+		if (c->handshaking || c->state != CS_OPEN || (what & BEV_EVENT_WRITING)) {
+			conn_reap(c, c->handshaking ? "tls handshake timeout" :
+			    (what & BEV_EVENT_WRITING) ? "write timeout (client not reading)" : "close timeout");
 			return;
 		}
 		conn_emit(c, IO_TIMEOUT);

@@ -580,7 +580,10 @@ static void append_msg(struct store_index *ix, const struct found *f)
 	m->modseq = ++ix->highestmodseq;
 	m->flags = f->flags;
 	m->size = f->size;
-	m->internal_date = f->mtime.tv_sec;
+	/* clamped to what index_read accepts, or a pre-1970 file would make the
+	 * index we write read back as corrupt on every open */
+	m->internal_date = f->mtime.tv_sec < 0 ? 0
+	    : (uint64_t)f->mtime.tv_sec > DATE_MAX ? (time_t)DATE_MAX : f->mtime.tv_sec;
 	m->base = xstrndup(f->name, f->baselen);
 	m->in_new = f->in_new;
 }

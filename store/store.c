@@ -354,9 +354,8 @@ static void open_work(void *arg)
 static void open_complete(struct store_req *r)
 {
 	struct store_view *v = r->u.open.view;
-	r->u.open.view = NULL;
-	r->cb.view(r->arg, r->error, r->error == 0 ? v : NULL);
-	store_view_free(&v);         /* NULL unless the worker erred after making it */
+	r->u.open.view = NULL;       /* the callback owns it now */
+	r->cb.view(r->arg, r->error, v);
 }
 
 static void open_release(struct store_req *r)

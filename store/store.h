@@ -29,7 +29,8 @@ typedef void (*aio_done_fn)(void *arg, bool cancelled);   /* reactor thread */
 
 struct aio *aio_new(struct event_base *base, int nthreads);
 /* Queue work(arg) on a worker; then done(arg, cancelled) on the reactor. done is
- * always called exactly once (with cancelled=true after aio_cancel) so it can free arg. */
+ * always called exactly once (with cancelled=true after aio_cancel) so it can free arg.
+ * The job handle is valid until done() has been called; never call done synchronously. */
 struct aio_job *aio_submit(struct aio *a, aio_work_fn work, aio_done_fn done, void *arg);
 void aio_cancel(struct aio_job *j);
 size_t aio_pending(const struct aio *a);
@@ -126,6 +127,9 @@ struct store *store_new(struct event_base *base, const char *data_dir, const cha
 void store_free(struct store **s_r);
 struct aio *store_aio(struct store *s);
 
+/* A request handle is valid until its callback starts. Cancelling it from inside
+ * that callback is allowed (and does nothing more). store_free must not be called
+ * from inside a store callback. */
 struct store_req;
 void store_cancel(struct store_req **r_r);
 
@@ -156,10 +160,12 @@ typedef void (*store_file_cb)(void *arg, int error, struct store_file *f);   /* 
 typedef void (*store_read_cb)(void *arg, int error, const char *data, size_t len); /* len 0 = EOF */
 struct store_req *store_file_open(struct store *s, const struct store_view *v, const struct store_msg *m,
     store_file_cb cb, void *arg);
-/* Read up to maxlen bytes at offset (data valid only during the callback) */
+/* Read up to maxlen bytes at offset (data valid only during the callback).
+ * maxlen 0 means 64 KiB; more than 1 MiB is clamped to 1 MiB. */
 struct store_req *store_file_read(struct store *s, struct store_file *f, uint64_t offset, size_t maxlen,
     store_read_cb cb, void *arg);
 uint64_t store_file_size(const struct store_file *f);
+/* May be called with reads in flight: the fd is closed when the last one ends. */
 void store_file_close(struct store_file **f_r);
 
 /* Remove messages by uid (POP3 UPDATE state, IMAP EXPUNGE): unlink files, fsync

@@ -259,8 +259,12 @@ def child_main(suite_dir, pattern):
 
         def startTest(self, test):
             emit("START", self.tname(test))
+            self.t0 = time.monotonic()
             signal.alarm(timeout)
             super().startTest(test)
+
+        def took(self):
+            return f" ({time.monotonic() - getattr(self, 't0', time.monotonic()):.2f} s)"
 
         def stopTest(self, test):
             signal.alarm(0)
@@ -268,7 +272,7 @@ def child_main(suite_dir, pattern):
 
         def addSuccess(self, test):
             super().addSuccess(test)
-            emit("PASS", self.tname(test))
+            emit("PASS", self.tname(test) + self.took())
 
         def _failed(self, test, err, kind):
             emit("FAIL", self.tname(test))

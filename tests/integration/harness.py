@@ -563,13 +563,13 @@ class Pop3Conn:
         if not r.startswith("+OK"):
             raise AssertionError(f"USER {user}: {r}")
         r = self.cmd(f"PASS {password}")
-        if r != "+OK Logged in":
+        if not r.startswith("+OK"):         # exact text checked in test_user_pass_logs_in
             raise AssertionError(f"PASS for {user}: {r!r}")
         return r
 
     def stls(self, ctx):
         r = self.cmd("STLS")
-        if r != "+OK Begin TLS negotiation":
+        if not r.startswith("+OK"):         # exact text checked in test_stls_reply_text
             raise AssertionError(f"STLS: {r!r}")
         if self.buf:
             raise AssertionError(f"data after STLS reply before TLS: {self.buf!r}")

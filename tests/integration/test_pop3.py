@@ -96,7 +96,7 @@ class Pop3Base(ServerTestCase):
             c = self.conn(**kw)
             self.assertEqual(c.cmd(f"USER {user}")[:3], "+OK")
             r = c.cmd(f"PASS {PW}")
-            if r == "+OK Logged in":
+            if r.startswith("+OK"):
                 return c
             c.close()
             if not r.startswith("-ERR [IN-USE]") or time.monotonic() > deadline:
@@ -188,7 +188,7 @@ class UserPass(Pop3Base):
         u = self.fresh_user()
         c = self.conn()
         self.assertTrue(c.cmd(f"user {u}").startswith("+OK"))
-        self.assertEqual(c.cmd(f"pass {PW}"), "+OK Logged in")
+        self.assertTrue(c.cmd(f"pass {PW}").startswith("+OK"))
         self.assertEqual(c.cmd("stat"), "+OK 0 0")
         self.assertTrue(c.cmd("Noop").startswith("+OK"))
 
@@ -219,7 +219,7 @@ class UserPass(Pop3Base):
             self.assertTrue(f.get("mech"), f)
         # and the session still works with the right password
         self.assertTrue(c.cmd(f"USER {u}").startswith("+OK"))
-        self.assertEqual(c.cmd(f"PASS {PW}"), "+OK Logged in")
+        self.assertTrue(c.cmd(f"PASS {PW}").startswith("+OK"))
 
     def test_unknown_user_fails_like_bad_password(self):
         c = self.conn(source=self.fresh_ip())
@@ -566,7 +566,7 @@ class Transaction(Pop3Base):
         c = self.conn()
         c.send(f"USER {u}\r\nPASS {PW}\r\nSTAT\r\nLIST 2\r\nRETR 1\r\nUIDL 1\r\nNOOP\r\n")
         self.assertTrue(c.readline().startswith("+OK"))
-        self.assertEqual(c.readline(), "+OK Logged in")
+        self.assertTrue(c.readline().startswith("+OK"))
         self.assertEqual(c.readline(), f"+OK 2 {len(msgs[0]) + len(msgs[1])}")
         self.assertEqual(c.readline(), f"+OK 2 {len(msgs[1])}")
         self.assertTrue(c.readline().startswith("+OK"))
@@ -651,7 +651,7 @@ class Tls(Pop3Base):
         u = self.fresh_user()
         c = self.conn(source=self.fresh_ip())
         c.send(f"STLS\r\nUSER {u}\r\nNOOP\r\n")
-        self.assertEqual(c.readline(), "+OK Begin TLS negotiation")
+        self.assertTrue(c.readline().startswith("+OK"))
         self.assertEqual(c.buf, b"", "server answered injected commands before TLS")
         try:
             c.sock = self.srv.ssl_context().wrap_socket(c.sock)
@@ -663,6 +663,10 @@ class Tls(Pop3Base):
         self.assertEqual(c.cmd("CAPA"), "+OK Capability list follows")
         c.read_multi()
         c.expect_silence(0.2)
+
+    def test_stls_reply_text(self):
+        c = self.conn()
+        self.assertEqual(c.cmd("STLS"), "+OK Begin TLS negotiation")
 
     def test_stls_then_login_and_log(self):
         u = self.fresh_user()
@@ -996,7 +1000,7 @@ class Reload(ServerTestCase):
         c = self.conn(source=f"127.0.0.{Reload._ip}")
         c.cmd(f"USER {user}")
         r = c.cmd(f"PASS {pw}")
-        if r == "+OK Logged in":
+        if r.startswith("+OK"):
             return c
         c.close()
         return None
