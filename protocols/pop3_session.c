@@ -657,7 +657,8 @@ static void read_done(void *arg, int error, const char *data, size_t len)
 		session_end(s, "write failed");
 		return;
 	}
-	if (done) {
+	/* the file is read whole once offset reaches its size: no extra EOF read */
+	if (done || st->offset >= store_file_size(st->file)) {
 		stream_finish(s, true);
 		return;
 	}

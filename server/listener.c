@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +88,10 @@ static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 		return;
 	}
 	evutil_make_socket_nonblocking(fd);
+	/* replies are written whole; without this a reply split over two loop
+	 * passes (status line, then the body from disk) meets Nagle + delayed ACK */
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	conn_new(server, fd, sa, (socklen_t)salen, l->proto, server->tls);
 }
 

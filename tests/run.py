@@ -90,6 +90,7 @@ TAP_RE = re.compile(r"^(not ok|ok)\b\s*(\d+)?\s*(?:-\s*)?(.*)$")
 
 
 def run_unit(build, totals, timeout, label, pattern=None):
+    build = os.path.abspath(build)
     tdir = os.path.join(build, "tests")
     if not os.path.isdir(tdir):
         totals.fail(f"{label}unit: {tdir} missing (build failed?)")

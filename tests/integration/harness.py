@@ -140,7 +140,7 @@ class ServerError(AssertionError):
 class Server:
     """One `postling serve` process with its own temp dir, config and log.
 
-    users: {address: password} or {address: {"password": ..., "secret": ...}}
+    users: {address: password} or {address: {"password": ..., "secret": ..., "aliases": [...]}}
     users_file: same shape; written to a separate file named by `users_file:`.
     listeners: protocol names, each gets a free port on 127.0.0.1 (and ::1 if ipv6).
     config: dict deep-merged over the generated config (e.g. {"auth": {"max_failures": 3}}).
@@ -191,6 +191,8 @@ class Server:
                 self.secrets[addr] = spec["secret"]
                 self.sensitive.add(spec["secret"])
                 ent["secret"] = spec["secret"]
+            if spec.get("aliases"):
+                ent["aliases"] = list(spec["aliases"])
             out.append(ent)
         return out
 

@@ -23,6 +23,7 @@ REQUIRED_CAPS = ["TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE", "E
 
 USERS = {f"user{i:02d}@example.org": PW for i in range(1, 101)}
 USERS["sec@example.org"] = {"password": SEC_PW, "secret": SEC_SECRET}
+USERS["aliased@example.org"] = {"password": PW, "aliases": ["other-name@example.org"]}
 
 
 def sasl_mechs(capa_lines):
@@ -826,6 +827,264 @@ class Logs(Pop3Base):
         for e in self.srv.log_lines():
             self.assertRegex(e.get("ts", ""), r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
             self.assertIn(e.get("level"), ("debug", "info", "warn", "error"))
+
+
+class Robustness(Pop3Base):
+    def test_close_while_password_check_runs_leaves_no_lock(self):
+        u = self.fresh_user()
+        for _ in range(10):
+            c = self.conn()
+            c.send(f"USER {u}\r\nPASS {PW}\r\n")
+            c.close()
+        for _ in range(5):
+            c = self.conn()
+            c.send(f"USER {u}\r\nPASS {PW}\r\nSTAT\r\n")
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        self.srv.assert_alive()
+        c = self.login_retry(u, timeout=5)
+        self.assertEqual(c.cmd("STAT"), "+OK 0 0")
+
+    def test_close_right_after_retr_request(self):
+        u = self.fresh_user()
+        self.deliver_n(u, 3)
+        for _ in range(5):
+            c = self.login_retry(u)
+            c.send("RETR 1\r\nRETR 2\r\nRETR 3\r\n")
+            c.close()
+        self.srv.assert_alive()
+        c = self.login_retry(u)
+        self.assertTrue(c.cmd("STAT").startswith("+OK 3 "))
+
+    def test_pipelined_sasl_exchange(self):
+        u = self.fresh_user()
+        tok = b64(f"\0{u}\0{PW}")
+        self.srv.sensitive.add(tok)
+        c = self.conn()
+        c.send(f"AUTH PLAIN\r\n{tok}\r\nSTAT\r\nNOOP\r\n")
+        self.assertEqual(c.readline(), "+ ")
+        self.assertTrue(c.readline().startswith("+OK"))
+        self.assertEqual(c.readline(), "+OK 0 0")
+        self.assertTrue(c.readline().startswith("+OK"))
+
+    def test_thousands_of_pipelined_commands(self):
+        u = self.fresh_user()
+        msgs = self.deliver_n(u, 1)
+        c = self.logged_in(u)
+        n = 3000
+        c.send("STAT\r\n" * n)
+        want = f"+OK 1 {len(msgs[0])}"
+        for i in range(n):
+            self.assertEqual(c.readline(), want, f"reply {i}")
+        c.expect_silence(0.2)
+
+    def test_nul_and_control_bytes_in_commands(self):
+        c = self.conn(source=self.fresh_ip())
+        for line in (b"US\x00ER x", b"USER \x00", b"\x00", b"\xff\xfe\xfd", b"CAPA\x00"):
+            c.send(line + b"\r\n")
+            r = c.readline()
+            self.assertTrue(r.startswith("-ERR") or r.startswith("+OK"), f"{line!r}: {r!r}")
+            if r.startswith("+OK") and line.startswith(b"CAPA"):
+                c.read_multi()
+        self.assertEqual(c.cmd("CAPA"), "+OK Capability list follows")
+        c.read_multi()
+
+    def test_login_name_is_case_insensitive_and_lock_is_per_account(self):
+        u = self.fresh_user()
+        a = self.conn()
+        a.login(u.upper(), PW)
+        b = self.conn()
+        self.assertTrue(b.cmd(f"USER {u}").startswith("+OK"))
+        r = b.cmd(f"PASS {PW}")
+        self.assertTrue(r.startswith("-ERR [IN-USE]"), f"two sessions on one maildrop via another spelling: {r}")
+
+    def test_alias_login_shares_the_account_lock(self):
+        a = self.conn()
+        a.login("other-name@example.org", PW)
+        b = self.conn()
+        self.assertTrue(b.cmd("USER aliased@example.org").startswith("+OK"))
+        r = b.cmd(f"PASS {PW}")
+        self.assertTrue(r.startswith("-ERR [IN-USE]"), f"alias and account opened the same maildrop twice: {r}")
+        self.quit(a)
+
+    def test_rset_then_quit_deletes_nothing(self):
+        u = self.fresh_user()
+        self.deliver_n(u, 2)
+        c = self.logged_in(u)
+        c.cmd("DELE 1")
+        c.cmd("DELE 2")
+        self.assertTrue(c.cmd("RSET").startswith("+OK"))
+        self.quit(c)
+        self.assertEqual(len(self.srv.message_files(u)), 2)
+
+    def test_delete_everything(self):
+        u = self.fresh_user()
+        self.deliver_n(u, 4)
+        c = self.logged_in(u)
+        for i in range(1, 5):
+            self.assertTrue(c.cmd(f"DELE {i}").startswith("+OK"))
+        self.assertEqual(c.cmd("STAT"), "+OK 0 0")
+        self.quit(c)
+        self.assertEqual(self.srv.message_files(u), [])
+        c = self.login_retry(u)
+        self.assertEqual(c.cmd("STAT"), "+OK 0 0")
+
+    def test_quit_followed_by_half_close_still_expunges(self):
+        u = self.fresh_user()
+        self.deliver_n(u, 2)
+        c = self.logged_in(u)
+        c.send("DELE 1\r\nQUIT\r\n")
+        c.sock.shutdown(socket.SHUT_WR)          # like `printf ... | nc`
+        data = c.read_until_close(10)
+        self.assertRegex(data, rb"^\+OK[^\r\n]*\r\n\+OK[^\r\n]*\r\n$")
+        self.assertEqual(len(self.srv.message_files(u)), 1, "QUIT received but DELE not applied")
+
+    def test_files_dropped_into_new_by_other_programs(self):
+        u = self.fresh_user()
+        self.deliver_n(u, 1)        # creates the Maildir
+        md = self.srv.maildir(u)
+        bodies = []
+        for i in range(300):
+            body = f"Subject: dropped {i}\r\n\r\nbody {i}\r\n".encode()
+            bodies.append(body)
+            with open(os.path.join(md, "new", f"1700000000.M{i}P1Q{i}.other"), "wb") as f:
+                f.write(body)
+        c = self.logged_in(u)
+        r = c.cmd("STAT")
+        self.assertTrue(r.startswith("+OK 301 "), r)
+        first, lines = c.multi_cmd("LIST")
+        self.assertEqual(len(lines), 301)
+        first, uidl = c.multi_cmd("UIDL")
+        self.assertEqual(len({l.split()[1] for l in uidl}), 301)
+        sizes = {int(l.split()[1]) for l in lines}
+        for b in bodies:
+            self.assertIn(len(b), sizes)
+        # every message is retrievable and its size matches LIST
+        for l in lines[::50]:
+            n, size = l.split()
+            self.assertTrue(c.cmd(f"RETR {n}").startswith("+OK"))
+            raw = c.read_multi_raw()
+            self.assertEqual(len(raw) - 3, int(size))
+
+    def test_garbage_instead_of_tls_handshake(self):
+        s = socket.create_connection(self.srv.addr("pop3s"), timeout=10)
+        s.sendall(b"USER x\r\nPASS y\r\n" + os.urandom(2000))
+        s.settimeout(10)
+        try:
+            while s.recv(4096):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
+        s.close()
+        c = self.conn()
+        c.send("STLS\r\n")
+        self.assertTrue(c.readline().startswith("+OK"))
+        c.send(b"\x16\x03\x01\x00\x05hello" + b"\x00" * 100)
+        c.close()
+        socket.create_connection(self.srv.addr("pop3s"), timeout=5).close()
+        self.srv.assert_alive()
+        self.assertRegex(self.conn("pop3s").greeting, GREETING_RE)
+
+
+class SaslMore(Pop3Base):
+    """Mechanisms not in the default list (DIGEST-MD5), SCRAM-SHA-1, malformed SASL data."""
+    server_kwargs = {"users": USERS, "config": {"auth": {"mechanisms": [
+        "PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "DIGEST-MD5"]}}}
+
+    def digest_response(self, challenge, user, secret, uri="pop/test.example", **override):
+        d = {k: a or b for k, a, b in re.findall(r'([\w-]+)=(?:"([^"]*)"|([^,]*))', challenge)}
+        realm, nonce = d.get("realm", ""), d["nonce"]
+        cnonce, nc = base64.b64encode(os.urandom(12)).decode(), "00000001"
+        md5 = lambda b: hashlib.md5(b)
+        a1 = md5(f"{user}:{realm}:{secret}".encode()).digest() + f":{nonce}:{cnonce}".encode()
+        a2 = f"AUTHENTICATE:{uri}".encode()
+        resp = md5(f"{md5(a1).hexdigest()}:{nonce}:{nc}:{cnonce}:auth:{md5(a2).hexdigest()}".encode()).hexdigest()
+        fields = {"username": f'"{user}"', "realm": f'"{realm}"', "nonce": f'"{nonce}"',
+                  "cnonce": f'"{cnonce}"', "nc": nc, "qop": "auth", "digest-uri": f'"{uri}"',
+                  "response": resp, "charset": "utf-8"}
+        fields.update(override)
+        return ",".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+
+    def test_digest_md5_with_secret(self):
+        c = self.conn()
+        r = c.cmd("AUTH DIGEST-MD5")
+        self.assertTrue(r.startswith("+ "), r)
+        resp = self.digest_response(base64.b64decode(r[2:]).decode(), "sec@example.org", SEC_SECRET)
+        r = c.cmd(b64(resp))
+        self.assertTrue(r.startswith("+ "), r)
+        self.assertRegex(base64.b64decode(r[2:]).decode(), r"^rspauth=[0-9a-f]{32}$")
+        r = c.cmd("")
+        self.assertTrue(r.startswith("+OK"), r)
+        self.quit(c)
+
+    def test_digest_md5_wrong_secret(self):
+        c = self.conn(source=self.fresh_ip())
+        r = c.cmd("AUTH DIGEST-MD5")
+        resp = self.digest_response(base64.b64decode(r[2:]).decode(), "sec@example.org", "wrong")
+        r = c.cmd(b64(resp))
+        self.assertTrue(r.startswith("-ERR"), r)
+
+    def test_digest_md5_malformed_responses(self):
+        ip = self.fresh_ip()
+        bad = [
+            lambda ch: 'username="sec@example.org,realm="x',                          # unterminated quote
+            lambda ch: self.digest_response(ch, "sec@example.org", SEC_SECRET, response=None),
+            lambda ch: self.digest_response(ch, "sec@example.org", SEC_SECRET, nc="zzzzzzzz"),
+            lambda ch: self.digest_response(ch, "sec@example.org", SEC_SECRET, qop="auth-conf"),
+            lambda ch: self.digest_response(ch, "sec@example.org", SEC_SECRET, nonce='"' + "A" * 300 + '"'),
+            lambda ch: self.digest_response(ch, "x" * 300, SEC_SECRET),
+            lambda ch: "," * 300,
+            lambda ch: "=" * 100,
+            lambda ch: 'username="' + "\\" * 100,
+            lambda ch: self.digest_response(ch, "sec@example.org", SEC_SECRET) + ",maxbuf=0,maxbuf=99999999999999999999",
+        ]
+        for i, mk in enumerate(bad):
+            with self.subTest(case=i):
+                c = self.conn(source=ip)
+                r = c.cmd("AUTH DIGEST-MD5")
+                self.assertTrue(r.startswith("+ "), r)
+                r = c.cmd(b64(mk(base64.b64decode(r[2:]).decode())))
+                self.assertTrue(r.startswith("-ERR"), f"case {i}: {r}")
+                self.srv.assert_alive()
+                c.close()
+
+    def test_scram_sha1_with_secret(self):
+        c = self.conn()
+        sc = scram_client("sec@example.org", SEC_SECRET, "sha1")
+        r = c.cmd("AUTH SCRAM-SHA-1 " + b64(next(sc)))
+        self.assertTrue(r.startswith("+ "), r)
+        r = c.cmd(b64(sc.send(base64.b64decode(r[2:]).decode())))
+        self.assertTrue(r.startswith("+ "), r)
+        self.assertIsNone(sc.send(base64.b64decode(r[2:]).decode()))
+        self.assertTrue(c.cmd("").startswith("+OK"))
+
+    def test_scram_malformed_messages(self):
+        ip = self.fresh_ip()
+        for i, first in enumerate(["n,,", "y,,n=a,r=b", "p=tls-unique,,n=sec@example.org,r=abc",
+                                   "n,,n=,r=", "n,,n=sec@example.org", "n,,r=abc,n=x", "x" * 400,
+                                   "n,a=" + "z" * 300 + ",n=sec@example.org,r=abc"]):
+            with self.subTest(case=i):
+                c = self.conn(source=ip)
+                r = c.cmd("AUTH SCRAM-SHA-256 " + b64(first))
+                self.assertTrue(r.startswith("-ERR") or r.startswith("+ "), r)
+                if r.startswith("+ "):
+                    r = c.cmd(b64("c=biws,r=bogus,p=" + b64(b"x" * 32)))
+                    self.assertTrue(r.startswith("-ERR"), f"case {i}: {r}")
+                self.srv.assert_alive()
+                c.close()
+
+    def test_cram_md5_malformed(self):
+        ip = self.fresh_ip()
+        for i, resp in enumerate(["", "nospace", "sec@example.org " + "g" * 32, " " * 50,
+                                  "sec@example.org " + "0" * 500]):
+            with self.subTest(case=i):
+                c = self.conn(source=ip)
+                r = c.cmd("AUTH CRAM-MD5")
+                self.assertTrue(r.startswith("+ "), r)
+                r = c.cmd(b64(resp) if resp else "")
+                self.assertTrue(r.startswith("-ERR"), f"case {i}: {r}")
+                self.srv.assert_alive()
+                c.close()
 
 
 # ---------------------------------------------------------------- own servers
