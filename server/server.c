@@ -156,7 +156,9 @@ static void reload(struct run_state *rs)
 	server->tls = tls;
 	cfg_free(&server->cfg);
 	server->cfg = cfg;
-	log_set_level(cfg->log.level);
+	if (log_open(cfg->log.level, cfg->log.file) == -1)
+		log_msg(LL_ERROR, "config.reload", "cannot open log file '%s': %s (logging to the old one)",
+		    cfg->log.file, strerror(errno));
 	throttle_configure(server->throttle, cfg->auth.max_failures, cfg->auth.fail_window);
 	struct logline *l = log_begin(LL_INFO, "config.reload");
 	log_uint(l, "users", auth_count(auth));
@@ -212,9 +214,13 @@ static int drop_privileges(const struct config *cfg)
 		return -1;
 	}
 	/* the data dir and the self-signed certificate must stay usable after the drop */
-	char *tlsdir = xasprintf("%s/tls", cfg->server.data_dir);
-	(void)!chown(cfg->server.data_dir, pw->pw_uid, pw->pw_gid);
-	free(tlsdir);
+	const char *const owned[] = { "", "/tls", "/tls/selfsigned.crt", "/tls/selfsigned.key", "/mail" };
+	for (size_t i = 0; i < sizeof(owned) / sizeof(owned[0]); i++) {
+		char *p = xasprintf("%s%s", cfg->server.data_dir, owned[i]);
+		if (chown(p, pw->pw_uid, pw->pw_gid) == -1 && errno != ENOENT)
+			log_msg(LL_WARN, "server.privdrop", "chown %s: %s", p, strerror(errno));
+		free(p);
+	}
 	if (initgroups(pw->pw_name, pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
 	    setuid(pw->pw_uid) == -1) {
 		log_msg(LL_ERROR, "server.privdrop", "cannot become '%s': %s", cfg->server.user,
