@@ -38,6 +38,13 @@ enum pop3_parse_result pop3_parse_line(const char *line, size_t len, struct pop3
 	if (r != POP3_PARSE_OK)
 		return r;
 	cmd->rest = i < len ? line + i + 1 : line + len;
+	if (strcmp(cmd->verb, "PASS") == 0) {
+		/* RFC 1939 §7: "the server may treat spaces in the argument as part of
+		 * the password": PASS has one argument, the rest of the line */
+		if (*cmd->rest != '\0')
+			cmd->args[cmd->nargs++] = cmd->rest;
+		return POP3_PARSE_OK;
+	}
 	char *out = cmd->argbuf;
 	while (i < len) {
 		while (i < len && line[i] == ' ')

@@ -221,7 +221,7 @@ static void open_done(void *arg, int error, struct store_view *view)
 	s->ndeleted = view->count;
 	s->deleted = xcalloc(view->count ? view->count : 1, sizeof(bool));
 	s->state = ST_TRANSACTION;
-	reply(s, "+OK Logged in.");
+	reply(s, "+OK Logged in");
 	set_busy(s, false);
 }
 
@@ -467,7 +467,7 @@ static void cmd_stls(struct pop3_session *s, struct pop3_cmd *cmd)
 		reply(s, "-ERR TLS is not available.");
 		return;
 	}
-	reply(s, "+OK Begin TLS negotiation now.");
+	reply(s, "+OK Begin TLS negotiation");
 	/* RFC 2595 §4: anything the client pipelined after STLS is discarded */
 	if (io_starttls(s->c) == -1) {
 		session_end(s, "starttls failed");
@@ -686,6 +686,8 @@ static void file_opened(void *arg, int error, struct store_file *f)
 		return;
 	}
 	s->stream.file = f;
+	if (s->stream.body_lines_left < 0)
+		s->retrieved++;
 	if (s->stream.body_lines_left >= 0)
 		reply(s, "+OK Top of message follows.");
 	else
@@ -717,7 +719,6 @@ static void cmd_retr(struct pop3_session *s, struct pop3_cmd *cmd)
 		no_such_message(s, cmd->nargs ? cmd->args[0] : NULL);
 		return;
 	}
-	s->retrieved++;
 	start_stream(s, m, -1);
 }
 

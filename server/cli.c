@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sysexits.h>
 #include <termios.h>
 #include <unistd.h>
@@ -413,6 +414,13 @@ int cli_deliver(int argc, char **argv)
 	} else if (acct == NULL) {
 		fprintf(stderr, "postling deliver: no such local account: %s\n", argv[o.optind]);
 		r = EX_NOUSER;
+	} else if (mkdir(cfg->server.data_dir, 0755) == -1 && errno != EEXIST) {
+		fprintf(stderr, "postling deliver: cannot create %s: %s\n", cfg->server.data_dir, strerror(errno));
+		r = EX_TEMPFAIL;
+	} else if (server_drop_privileges(cfg) == -1) {
+		/* files written as root would be unreadable to the server */
+		fprintf(stderr, "postling deliver: cannot become '%s'\n", cfg->server.user);
+		r = EX_TEMPFAIL;
 	} else {
 		r = deliver_stdin(cfg, acct);
 	}

@@ -204,7 +204,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 
 /* ---- start-up ---- */
 
-static int drop_privileges(const struct config *cfg)
+int server_drop_privileges(const struct config *cfg)
 {
 	if (geteuid() != 0 || cfg->server.user[0] == '\0')
 		return 0;
@@ -250,7 +250,7 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 	server->base = event_base_new();
 	if (listener_open_all(server, err, errlen) == -1)
 		return -1;
-	if (drop_privileges(cfg) == -1) {
+	if (server_drop_privileges(cfg) == -1) {
 		snprintf(err, errlen, "cannot drop privileges to '%s'", cfg->server.user);
 		return -1;
 	}

