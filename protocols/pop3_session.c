@@ -42,6 +42,7 @@ struct pop3_command {
 	const char *name;
 	pop3_handler fn;
 	unsigned states;             /* mask of enum pop3_state where it is allowed */
+	unsigned char min_args, max_args;   /* RFC 1939 §5-7 arities, checked before fn */
 };
 
 /* Message streaming (RETR, TOP): dot-stuffing state carried across chunks. */
@@ -267,10 +268,6 @@ static void cmd_user(struct pop3_session *s, struct pop3_cmd *cmd)
 		reply(s, "-ERR [AUTH] Plaintext authentication disallowed on non-secure connections; use STLS first.");
 		return;
 	}
-	if (cmd->nargs != 1) {
-		reply(s, "-ERR USER needs exactly one argument.");
-		return;
-	}
 	free(s->user_arg);
 	s->user_arg = xstrdup(cmd->args[0]);
 	reply(s, "+OK");
@@ -302,10 +299,6 @@ static void cmd_pass(struct pop3_session *s, struct pop3_cmd *cmd)
 		reply(s, "-ERR No user name given: USER first.");
 		return;
 	}
-	if (cmd->rest == NULL || *cmd->rest == '\0') {
-		reply(s, "-ERR PASS needs an argument.");
-		return;
-	}
 	if (throttled(s))
 		return;
 	s->mech = "USER";
@@ -316,10 +309,6 @@ static void cmd_pass(struct pop3_session *s, struct pop3_cmd *cmd)
 
 static void cmd_apop(struct pop3_session *s, struct pop3_cmd *cmd)
 {
-	if (cmd->nargs != 2) {
-		reply(s, "-ERR APOP needs a name and a digest.");
-		return;
-	}
 	if (throttled(s))
 		return;
 	s->mech = "APOP";
@@ -417,10 +406,6 @@ static void cmd_auth(struct pop3_session *s, struct pop3_cmd *cmd)
 		reply(s, "+OK");
 		list_mechanisms(s, "");
 		reply(s, ".");
-		return;
-	}
-	if (cmd->nargs > 2) {
-		reply(s, "-ERR AUTH takes a mechanism and an optional initial response.");
 		return;
 	}
 	if (throttled(s))
@@ -563,8 +548,8 @@ static void cmd_uidl(struct pop3_session *s, struct pop3_cmd *cmd)
 static void cmd_dele(struct pop3_session *s, struct pop3_cmd *cmd)
 {
 	size_t idx;
-	if (msg_get(s, cmd->nargs ? cmd->args[0] : NULL, &idx) == NULL) {
-		no_such_message(s, cmd->nargs ? cmd->args[0] : NULL);
+	if (msg_get(s, cmd->args[0], &idx) == NULL) {
+		no_such_message(s, cmd->args[0]);
 		return;
 	}
 	s->deleted[idx] = true;
@@ -714,9 +699,9 @@ static void start_stream(struct pop3_session *s, struct store_msg *m, int64_t to
 static void cmd_retr(struct pop3_session *s, struct pop3_cmd *cmd)
 {
 	size_t idx;
-	struct store_msg *m = msg_get(s, cmd->nargs ? cmd->args[0] : NULL, &idx);
+	struct store_msg *m = msg_get(s, cmd->args[0], &idx);
 	if (m == NULL) {
-		no_such_message(s, cmd->nargs ? cmd->args[0] : NULL);
+		no_such_message(s, cmd->args[0]);
 		return;
 	}
 	start_stream(s, m, -1);
@@ -726,12 +711,12 @@ static void cmd_top(struct pop3_session *s, struct pop3_cmd *cmd)
 {
 	size_t idx;
 	uint32_t lines;
-	struct store_msg *m = msg_get(s, cmd->nargs ? cmd->args[0] : NULL, &idx);
+	struct store_msg *m = msg_get(s, cmd->args[0], &idx);
 	if (m == NULL) {
-		no_such_message(s, cmd->nargs ? cmd->args[0] : NULL);
+		no_such_message(s, cmd->args[0]);
 		return;
 	}
-	if (cmd->nargs != 2 || pop3_parse_count(cmd->args[1], &lines) == -1) {
+	if (pop3_parse_count(cmd->args[1], &lines) == -1) {
 		reply(s, "-ERR TOP needs a message number and a line count.");
 		return;
 	}
@@ -784,21 +769,21 @@ static void cmd_quit(struct pop3_session *s, struct pop3_cmd *cmd)
 /* ---------------------------------------------------------------- dispatch */
 
 static const struct pop3_command pop3_commands[] = {
-	{ "CAPA", cmd_capa, ST_AUTHORIZATION | ST_TRANSACTION },
-	{ "USER", cmd_user, ST_AUTHORIZATION },
-	{ "PASS", cmd_pass, ST_AUTHORIZATION },
-	{ "APOP", cmd_apop, ST_AUTHORIZATION },
-	{ "AUTH", cmd_auth, ST_AUTHORIZATION },
-	{ "STLS", cmd_stls, ST_AUTHORIZATION },
-	{ "QUIT", cmd_quit, ST_AUTHORIZATION | ST_TRANSACTION },
-	{ "STAT", cmd_stat, ST_TRANSACTION },
-	{ "LIST", cmd_list, ST_TRANSACTION },
-	{ "UIDL", cmd_uidl, ST_TRANSACTION },
-	{ "RETR", cmd_retr, ST_TRANSACTION },
-	{ "TOP", cmd_top, ST_TRANSACTION },
-	{ "DELE", cmd_dele, ST_TRANSACTION },
-	{ "RSET", cmd_rset, ST_TRANSACTION },
-	{ "NOOP", cmd_noop, ST_TRANSACTION },
+	{ "CAPA", cmd_capa, ST_AUTHORIZATION | ST_TRANSACTION, 0, 0 },
+	{ "USER", cmd_user, ST_AUTHORIZATION, 1, 1 },
+	{ "PASS", cmd_pass, ST_AUTHORIZATION, 1, 1 },
+	{ "APOP", cmd_apop, ST_AUTHORIZATION, 2, 2 },
+	{ "AUTH", cmd_auth, ST_AUTHORIZATION, 0, 2 },
+	{ "STLS", cmd_stls, ST_AUTHORIZATION, 0, 0 },
+	{ "QUIT", cmd_quit, ST_AUTHORIZATION | ST_TRANSACTION, 0, 0 },
+	{ "STAT", cmd_stat, ST_TRANSACTION, 0, 0 },
+	{ "LIST", cmd_list, ST_TRANSACTION, 0, 1 },
+	{ "UIDL", cmd_uidl, ST_TRANSACTION, 0, 1 },
+	{ "RETR", cmd_retr, ST_TRANSACTION, 1, 1 },
+	{ "TOP", cmd_top, ST_TRANSACTION, 2, 2 },
+	{ "DELE", cmd_dele, ST_TRANSACTION, 1, 1 },
+	{ "RSET", cmd_rset, ST_TRANSACTION, 0, 0 },
+	{ "NOOP", cmd_noop, ST_TRANSACTION, 0, 0 },
 };
 
 static void bad_command(struct pop3_session *s, const char *msg)
@@ -824,6 +809,9 @@ static void dispatch(struct pop3_session *s, char *line, size_t len)
 			continue;
 		if (!(pc->states & s->state))
 			bad_command(s, "Command not valid in this state.");
+		else if (cmd.nargs < pc->min_args || cmd.nargs > pc->max_args)
+			bad_command(s, pc->min_args == pc->max_args && pc->max_args == 0
+			    ? "This command takes no arguments." : "Wrong number of arguments.");
 		else
 			pc->fn(s, &cmd);
 		return;

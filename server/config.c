@@ -742,6 +742,16 @@ static const struct key pop3_keys[] = {
 	K("expire", key_str, OFF(pop3.expire), .check = check_expire),
 	{ .name = NULL },
 };
+static const struct key smtp_keys[] = {
+	K("max_message_size", key_size, OFF(smtp.max_message_size)),
+	K("max_recipients", key_int, OFF(smtp.max_recipients), .min = 1, .max = 100000),
+	K("max_errors", key_int, OFF(smtp.max_errors), .min = 1, .max = 1000),
+	K("timeout", key_dur_int, OFF(smtp.timeout), .min = 10, .max = DAYS(1)),
+	K("data_timeout", key_dur_int, OFF(smtp.data_timeout), .min = 10, .max = DAYS(1)),
+	K("greeting_delay_ms", key_int, OFF(smtp.greeting_delay_ms), .min = 0, .max = 60000),
+	K("vrfy", key_bool, OFF(smtp.vrfy)),
+	{ .name = NULL },
+};
 static const struct key dns_keys[] = {
 	K("servers", key_strlist, OFF(relay.dns_servers), .noff = OFF(relay.ndns_servers), .check = check_ip),
 	K("port", key_int, OFF(relay.dns_port), .min = 1, .max = 65535),
@@ -765,6 +775,7 @@ static const struct key root_keys[] = {
 	K("domains", key_strlist, OFF(domains), .noff = OFF(ndomains), .check = check_domain),
 	K("auth", key_map, 0, .sub = auth_keys),
 	K("pop3", key_map, 0, .sub = pop3_keys),
+	K("smtp", key_map, 0, .sub = smtp_keys),
 	K("users_file", key_str, OFF(users_file), .check = check_users_file),
 	K("users", key_objs, OFF(users), .noff = OFF(nusers), .list = &user_list),
 	K("relay", key_map, 0, .sub = relay_keys),
@@ -1206,6 +1217,8 @@ static const char defaults_yaml[] =
 	"auth: { mechanisms: [PLAIN, LOGIN, SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5], max_failures: 10,\n"
 	"  fail_window: 15m, loopback_is_local: true }\n"
 	"pop3: { timeout: 10m, expire: NEVER }\n"
+	"smtp: { max_message_size: 50M, max_recipients: 100, max_errors: 10, timeout: 5m,\n"
+	"  data_timeout: 3m, greeting_delay_ms: 0, vrfy: false }\n"
 	"relay: { dns: { port: 53 }, port: 25, retry_initial: 5m, retry_max: 1h, warn_after: 4h,\n"
 	"  max_queue_time: 5d }\n";
 

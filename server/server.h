@@ -86,6 +86,15 @@ struct config {
 		int login_delay;         /* seconds advertised in CAPA LOGIN-DELAY, default 0 (not advertised) */
 		char *expire;            /* CAPA EXPIRE value: "NEVER" (default) or days as text */
 	} pop3;
+	struct {
+		uint64_t max_message_size;   /* bytes, SIZE (RFC 1870); default 50M */
+		int max_recipients;      /* per message, default 100 (452 4.5.3 beyond) */
+		int max_errors;          /* bad commands per session, then 421; default 10 */
+		int timeout;             /* seconds waiting for a command, default 300 (RFC 5321 §4.5.3.2.7) */
+		int data_timeout;        /* seconds for each DATA/BDAT read, default 180 (§4.5.3.2.6) */
+		int greeting_delay_ms;   /* pause before the 220; input before it is an early talker; default 0 */
+		bool vrfy;               /* answer VRFY for real; default false: 252 */
+	} smtp;
 	char *users_file;            /* "" = none */
 	struct cfg_user *users;      /* from `users:` (not from users_file) */
 	size_t nusers;

@@ -643,6 +643,15 @@ class Errors(Pop3Base):
             self.assertTrue(r.startswith("-ERR"), f"{cmd} after login: {r}")
         self.assertEqual(c.cmd("STAT"), "+OK 0 0")
 
+    def test_wrong_argument_counts_refused_and_session_continues(self):
+        u = self.fresh_user()
+        c = self.logged_in(u)
+        self.assertEqual(c.cmd("STAT x"), "-ERR This command takes no arguments.")
+        self.assertEqual(c.cmd("RETR"), "-ERR Wrong number of arguments.")
+        self.assertEqual(c.cmd("TOP 1"), "-ERR Wrong number of arguments.")
+        self.assertEqual(c.cmd("LIST 1 2"), "-ERR Wrong number of arguments.")
+        self.assertEqual(c.cmd("STAT"), "+OK 0 0")
+
     def test_unknown_command(self):
         c = self.conn()
         self.assertTrue(c.cmd("XYZZY").startswith("-ERR"))
