@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <sys/time.h>
 #include <unistd.h>
 
@@ -380,17 +381,24 @@ int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd,
 	return rc;
 }
 
-int maildir_deliver_buf_path(const char *folder_path, const char *hostname, const char *data, size_t len,
-    uint64_t max_size, uint64_t *size_r, char **path_r)
+int maildir_deliver_iov(const char *folder_path, const char *hostname, const struct iovec *parts,
+    size_t nparts, uint64_t max_size, uint64_t *size_r, char **path_r)
 {
 	struct delivery d;
 	int rc = delivery_begin(&d, folder_path, hostname, max_size);
-	if (rc == 0)
-		rc = delivery_feed(&d, data, len);
+	for (size_t i = 0; rc == 0 && i < nparts; i++)
+		rc = delivery_feed(&d, parts[i].iov_base, parts[i].iov_len);
 	if (rc == 0)
 		rc = delivery_commit(&d, size_r, path_r);
 	delivery_end(&d);
 	return rc;
+}
+
+int maildir_deliver_buf_path(const char *folder_path, const char *hostname, const char *data, size_t len,
+    uint64_t max_size, uint64_t *size_r, char **path_r)
+{
+	struct iovec one = { (void *)data, len };
+	return maildir_deliver_iov(folder_path, hostname, &one, 1, max_size, size_r, path_r);
 }
 
 int maildir_deliver_buf(const char *folder_path, const char *hostname, const char *data, size_t len,

@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -82,6 +83,7 @@ struct expunge_job {
 struct deliver_job {
 	char *data_dir, *hostname;   /* owned copies: a job never reads the store */
 	char **users;                /* owned, nusers */
+	char **prefixes;             /* owned, nusers entries ("" when none) */
 	size_t nusers;
 	char *data;                  /* owned copy of the message */
 	size_t len;
@@ -637,8 +639,10 @@ struct store_req *store_expunge(struct store *s, const struct store_view *v, con
 
 /* ------------------------------------------------------------ deliver */
 
-static int deliver_one(const struct deliver_job *j, const char *user, char **path_r)
+static int deliver_one(const struct deliver_job *j, size_t i, char **path_r)
 {
+	const char *user = j->users[i];
+	struct iovec parts[2] = { { j->prefixes[i], strlen(j->prefixes[i]) }, { j->data, j->len } };
 	char *up = maildir_user_path(j->data_dir, user);
 	if (up == NULL) {
 		errno = EINVAL;
@@ -648,7 +652,7 @@ static int deliver_one(const struct deliver_job *j, const char *user, char **pat
 	if (!folder_exists(up))
 		rc = maildir_create(up);
 	if (rc == 0)
-		rc = maildir_deliver_buf_path(up, j->hostname, j->data, j->len, 0, NULL, path_r);
+		rc = maildir_deliver_iov(up, j->hostname, parts, 2, 0, NULL, path_r);
 	int saved = errno;
 	free(up);
 	errno = saved;
@@ -676,7 +680,7 @@ static void deliver_work(void *arg)
 	size_t i;
 
 	for (i = 0; i < j->nusers; i++) {
-		if (deliver_one(j, j->users[i], &made[i]) == -1) {
+		if (deliver_one(j, i, &made[i]) == -1) {
 			r->error = errno;
 			undo_copies(made, i);
 			break;
@@ -690,9 +694,12 @@ static void deliver_work(void *arg)
 static void deliver_release(struct store_req *r)
 {
 	struct deliver_job *j = &r->u.deliver;
-	for (size_t i = 0; i < j->nusers; i++)
+	for (size_t i = 0; i < j->nusers; i++) {
 		free(j->users[i]);
+		free(j->prefixes[i]);
+	}
 	free(j->users);
+	free(j->prefixes);
 	free(j->data);
 	free(j->data_dir);
 	free(j->hostname);
@@ -701,8 +708,8 @@ static void deliver_release(struct store_req *r)
 static const struct req_ops deliver_ops = { deliver_work, done_complete, deliver_release };
 
 /* The message is copied: the caller may free data as soon as this returns. */
-struct store_req *store_deliver(struct store *s, char *const *users, size_t nusers,
-    const char *data, size_t len, store_done_cb cb, void *arg)
+struct store_req *store_deliver(struct store *s, char *const *users, const char *const *prefixes,
+    size_t nusers, const char *data, size_t len, store_done_cb cb, void *arg)
 {
 	struct store_req *r = req_new(s, &deliver_ops, arg);
 	struct deliver_job *j = &r->u.deliver;
@@ -711,8 +718,11 @@ struct store_req *store_deliver(struct store *s, char *const *users, size_t nuse
 	j->data_dir = xstrdup(s->data_dir);
 	j->hostname = xstrdup(s->hostname);
 	j->users = xreallocarray(NULL, nusers ? nusers : 1, sizeof(*j->users));
-	for (size_t i = 0; i < nusers; i++)
+	j->prefixes = xreallocarray(NULL, nusers ? nusers : 1, sizeof(*j->prefixes));
+	for (size_t i = 0; i < nusers; i++) {
 		j->users[i] = xstrdup(users[i]);
+		j->prefixes[i] = xstrdup(prefixes != NULL ? prefixes[i] : "");
+	}
 	j->nusers = nusers;
 	j->data = xmalloc(len);
 	memcpy(j->data, data, len);

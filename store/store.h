@@ -74,6 +74,11 @@ int maildir_deliver_buf(const char *folder_path, const char *hostname, const cha
  * store_deliver can take a copy back when another recipient's copy fails. */
 int maildir_deliver_buf_path(const char *folder_path, const char *hostname, const char *data, size_t len,
     uint64_t max_size, uint64_t *size_r, char **path_r);
+/* As maildir_deliver_buf_path, the message being the concatenation of parts
+ * (e.g. per-recipient Return-Path/Delivered-To headers, then the shared body). */
+struct iovec;
+int maildir_deliver_iov(const char *folder_path, const char *hostname, const struct iovec *parts,
+    size_t nparts, uint64_t max_size, uint64_t *size_r, char **path_r);
 /* Remove tmp/ files older than 36 hours (Maildir convention) */
 int maildir_clean_tmp(const char *folder_path);
 /* fsync a directory so the names made or removed in it are durable */
@@ -174,8 +179,10 @@ struct store_req *store_expunge(struct store *s, const struct store_view *v, con
     size_t nuids, store_done_cb cb, void *arg);
 
 /* Durable delivery of one message (in memory) to several users' INBOX
- * (design §5); cb error 0 only when every copy is fsync'ed. (Used by SMTP.) */
-struct store_req *store_deliver(struct store *s, char *const *users, size_t nusers,
-    const char *data, size_t len, store_done_cb cb, void *arg);
+ * (design §5); cb error 0 only when every copy is fsync'ed; on failure the
+ * copies already made are removed. prefixes: NULL, or one string per user put
+ * before the message in that user's copy (Return-Path:, Delivered-To:). */
+struct store_req *store_deliver(struct store *s, char *const *users, const char *const *prefixes,
+    size_t nusers, const char *data, size_t len, store_done_cb cb, void *arg);
 
 #endif

@@ -1027,7 +1027,7 @@ static void deliver_to_two_users(void **state)
 	char *msg = xstrdup("Subject: hi\n\nbody\n");
 	struct res r = { 0 };
 
-	store_deliver(s, users, 2, msg, strlen(msg), done_cb, &r);
+	store_deliver(s, users, NULL, 2, msg, strlen(msg), done_cb, &r);
 	memset(msg, 'X', strlen(msg));                 /* the store copied it */
 	assert_false(r.called);
 	run_until(fx, &r.called);
@@ -1048,6 +1048,34 @@ static void deliver_to_two_users(void **state)
 	free(msg);
 }
 
+/* Each user's copy starts with its own prefix (Return-Path/Delivered-To). */
+static void deliver_with_per_user_prefixes(void **state)
+{
+	struct fx *fx = *state;
+	struct store *s = store_new(fx->base, fx->dir, HOST, 2);
+	char *users[] = { "alice@example.org", "bob@example.org" };
+	const char *prefixes[] = { "Delivered-To: alice@example.org\r\n", "Delivered-To: bob@example.org\r\n" };
+	struct res r = { 0 };
+
+	store_deliver(s, users, prefixes, 2, "Subject: hi\r\n\r\nbody\r\n", 24, done_cb, &r);
+	run_until(fx, &r.called);
+	assert_int_equal(r.error, 0);
+	static const char *const locals[] = { "alice", "bob" };
+	for (size_t i = 0; i < 2; i++) {
+		char *nd = xasprintf("%s/mail/example.org/%s/new", fx->dir, locals[i]), *name;
+		assert_int_equal(count_dir(nd, &name), 1);
+		char *p = path_join(nd, name);
+		size_t len;
+		char *got = slurp(p, &len);
+		char *want = xasprintf("%sSubject: hi\r\n\r\nbody\r\n", prefixes[i]);
+		assert_string_equal(got, want);
+		char *sz = xasprintf(",S=%zu", strlen(want));
+		assert_non_null(strstr(name, sz));
+		free(sz), free(want), free(got), free(p), free(name), free(nd);
+	}
+	store_free(&s);
+}
+
 /* One bad recipient: the copy already made for the first is taken back. */
 static void deliver_failure_removes_copies_made(void **state)
 {
@@ -1056,7 +1084,7 @@ static void deliver_failure_removes_copies_made(void **state)
 	char *users[] = { "alice@example.org", "bob@example.org", "../evil@example.org" };
 	struct res r = { 0 };
 
-	store_deliver(s, users, 3, "m\n", 2, done_cb, &r);
+	store_deliver(s, users, NULL, 3, "m\n", 2, done_cb, &r);
 	run_until(fx, &r.called);
 	assert_int_equal(r.error, EINVAL);
 	for (size_t i = 0; i < 2; i++) {
@@ -1078,7 +1106,7 @@ static void cancel_means_no_callback(void **state)
 	struct store_req *ra = store_open_folder(s, "alice@example.org", "INBOX", view_cb, &a);
 	struct store_req *rb = store_open_folder(s, "alice@example.org", "INBOX", view_cb, &b);
 	char *users[] = { "carol@example.org" };
-	struct store_req *rc = store_deliver(s, users, 1, "x\n", 2, done_cb, &c);
+	struct store_req *rc = store_deliver(s, users, NULL, 1, "x\n", 2, done_cb, &c);
 	store_cancel(&rb);
 	store_cancel(&rc);
 	assert_null(rb);
@@ -1165,7 +1193,7 @@ static void store_free_with_jobs_in_flight_calls_nothing(void **state)
 	for (int i = 0; i < 4; i++)
 		store_open_folder(s, "alice@example.org", "INBOX", view_cb, &r[i]);
 	for (int i = 4; i < 8; i++)
-		store_deliver(s, users, 1, "x\n", 2, done_cb, &r[i]);
+		store_deliver(s, users, NULL, 1, "x\n", 2, done_cb, &r[i]);
 	store_free(&s);
 	for (int i = 0; i < 3; i++)
 		event_base_loop(fx->base, EVLOOP_ONCE);
@@ -1363,6 +1391,7 @@ int main(void)
 		T(file_open_of_expunged_message_is_enoent),
 		T(expunge_removes_files_and_index_entries),
 		T(deliver_to_two_users),
+		T(deliver_with_per_user_prefixes),
 		T(deliver_failure_removes_copies_made),
 		T(cancel_means_no_callback),
 		T(cancel_inside_own_callback_is_safe),
