@@ -1057,7 +1057,8 @@ static void deliver_with_per_user_prefixes(void **state)
 	const char *prefixes[] = { "Delivered-To: alice@example.org\r\n", "Delivered-To: bob@example.org\r\n" };
 	struct res r = { 0 };
 
-	store_deliver(s, users, prefixes, 2, "Subject: hi\r\n\r\nbody\r\n", 24, done_cb, &r);
+	const char *msg = "Subject: hi\r\n\r\nbody\r\n";
+	store_deliver(s, users, prefixes, 2, msg, strlen(msg), done_cb, &r);
 	run_until(fx, &r.called);
 	assert_int_equal(r.error, 0);
 	static const char *const locals[] = { "alice", "bob" };
