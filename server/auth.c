@@ -2,7 +2,9 @@
  *
  * A struct auth is an immutable, refcounted snapshot built from the config's
  * `users:` plus the users file: accounts, a sorted name index (addresses and
- * aliases) for bsearch, the offered SASL mechanisms and one Gsasl context.
+ * aliases) for bsearch, the local domains, the offered SASL mechanisms and one
+ * Gsasl context. Recipients (exact, alias, +tag, catch-all) and envelope
+ * senders are resolved here and nowhere else (design §4, §6).
  * Nothing in it changes after auth_new(), so password checks and SASL steps
  * may run on worker threads concurrently; each SASL exchange owns its own
  * Gsasl_session and the gsasl callback only reads the snapshot.
@@ -94,6 +96,8 @@ struct auth {
 	size_t nentries;
 	struct name_ref *names;      /* sorted case-insensitively, no duplicates */
 	size_t nnames;
+	char **domains;              /* local domains: lowercased, sorted, unique, NULL-terminated */
+	size_t ndomains;
 	const struct mech *mechs[NMECH];  /* configured and supported, config order */
 	size_t nmechs;
 	const char *offer_none[1];   /* the three answers of auth_mechanisms() */
@@ -193,12 +197,52 @@ static char **copy_aliases(char *const *v)
 	return r;
 }
 
+/* The domain of a configured name: NULL unless it has exactly one '@' and a
+ * non-empty domain after it. The local part is empty for "@domain". */
+static const char *name_domain(const char *name)
+{
+	const char *at = strchr(name, '@');
+	if (at == NULL || at[1] == '\0' || strchr(at + 1, '@') != NULL)
+		return NULL;
+	return at + 1;
+}
+
+/* An address is local@domain; an alias is that or "@domain", the domain's
+ * catch-all. Domain literals (RFC 5321 §4.1.3) are never local domains here. */
+static const char *name_problem(const char *name, bool alias)
+{
+	const char *d = name_domain(name);
+	if (d == NULL || (!alias && d == name + 1))
+		return alias ? "expected local@domain or @domain" : "expected local@domain";
+	if (d[0] == '[')
+		return "a domain literal is never a local domain";
+	return NULL;
+}
+
+static int check_names(const struct cfg_user *u, char *err, size_t errlen)
+{
+	const char *why = name_problem(u->address, false);
+	if (why != NULL) {
+		snprintf(err, errlen, "bad address '%s': %s", u->address, why);
+		return -1;
+	}
+	for (char *const *al = u->aliases; al != NULL && *al != NULL; al++) {
+		if ((why = name_problem(*al, true)) != NULL) {
+			snprintf(err, errlen, "%s: bad alias '%s': %s", u->address, *al, why);
+			return -1;
+		}
+	}
+	return 0;
+}
+
 static int entry_init(struct entry *e, const struct cfg_user *u, char *err, size_t errlen)
 {
 	if (u->address == NULL || *u->address == '\0') {
 		snprintf(err, errlen, "user without address");
 		return -1;
 	}
+	if (check_names(u, err, errlen) == -1)
+		return -1;
 	e->acct.address = xstrdup(u->address);
 	e->acct.password = dup_or_empty(u->password);
 	e->acct.secret = dup_or_empty(u->secret);
@@ -288,18 +332,23 @@ static int index_names(struct auth *a, char *err, size_t errlen)
 	if (a->nnames > 0)
 		qsort(a->names, a->nnames, sizeof(*a->names), name_cmp);
 	for (size_t i = 1; i < a->nnames; i++) {
-		if (name_cmp(&a->names[i - 1], &a->names[i]) == 0) {
+		if (name_cmp(&a->names[i - 1], &a->names[i]) != 0)
+			continue;
+		if (a->names[i].name[0] == '@')
+			snprintf(err, errlen, "duplicate catch-all for domain %s", a->names[i].name + 1);
+		else
 			snprintf(err, errlen, "duplicate address or alias: %s", a->names[i].name);
-			return -1;
-		}
+		return -1;
 	}
 	return 0;
 }
 
+/* An address or alias (logins, authzids, auth_find). A catch-all "@domain"
+ * is no name to log in with: it is reached only through resolve(). */
 static struct entry *lookup(const struct auth *a, const char *name)
 {
 	struct name_ref key = { name, NULL }, *r;
-	if (name == NULL || a->nnames == 0)
+	if (name == NULL || name[0] == '@' || a->nnames == 0)
 		return NULL;
 	r = bsearch(&key, a->names, a->nnames, sizeof(*a->names), name_cmp);
 	return r != NULL ? r->e : NULL;
@@ -380,6 +429,175 @@ bool auth_mech_allowed(const struct auth *a, const char *mech, const struct auth
 	return m != NULL && mech_usable(a, m, ci);
 }
 
+/* ---------------------------------------------------------------- domains and recipients */
+
+static int strp_cmp(const void *x, const void *y)
+{
+	return strcasecmp(*(char *const *)x, *(char *const *)y);
+}
+
+static void add_domain(struct auth *a, const char *d)
+{
+	char *s = xstrdup(d);
+	for (char *p = s; *p != '\0'; p++)
+		*p = (char)tolower((unsigned char)*p);
+	a->domains[a->ndomains++] = s;
+}
+
+static void sort_domains(struct auth *a)
+{
+	size_t k = 0;
+	if (a->ndomains > 0)
+		qsort(a->domains, a->ndomains, sizeof(*a->domains), strp_cmp);
+	for (size_t i = 0; i < a->ndomains; i++) {
+		if (k > 0 && strcmp(a->domains[k - 1], a->domains[i]) == 0)
+			free(a->domains[i]);
+		else
+			a->domains[k++] = a->domains[i];
+	}
+	a->ndomains = k;
+	a->domains[k] = NULL;
+}
+
+/* Local domains: `domains:` plus the domain of every address and alias (the
+ * names were checked by check_names, so each has one). */
+static void collect_domains(struct auth *a, const struct config *cfg)
+{
+	size_t n = 0;
+	while (cfg->domains != NULL && cfg->domains[n] != NULL)
+		n++;
+	if (n > SIZE_MAX - 1 - a->nnames)
+		fatalx("auth: domain count overflow");
+	a->domains = xreallocarray(NULL, n + a->nnames + 1, sizeof(*a->domains));
+	for (size_t i = 0; i < n; i++)
+		if (cfg->domains[i][0] != '\0' && cfg->domains[i][0] != '[')
+			add_domain(a, cfg->domains[i]);
+	for (size_t i = 0; i < a->nnames; i++)
+		add_domain(a, name_domain(a->names[i].name));
+	sort_domains(a);
+}
+
+/* A name given in pieces (local part, "@", domain), compared the way
+ * name_cmp (strcasecmp) orders the index: no buffer sized by client input. */
+struct name_key {
+	const char *s[3];
+	size_t len[3];
+};
+
+static int key_cmp(const void *k, const void *elem)
+{
+	const struct name_key *key = k;
+	const unsigned char *n = (const unsigned char *)((const struct name_ref *)elem)->name;
+	for (int i = 0; i < 3; i++) {
+		for (size_t j = 0; j < key->len[i]; j++, n++) {
+			int d = tolower((unsigned char)key->s[i][j]) - tolower(*n);
+			if (d != 0)
+				return d;      /* also when the name ends first (*n == 0) */
+		}
+	}
+	return *n == '\0' ? 0 : -1;
+}
+
+static struct entry *lookup_parts(const struct auth *a, const char *local, size_t llen,
+    const char *domain)
+{
+	struct name_key key = { { local, "@", domain }, { llen, 1, strlen(domain) } };
+	struct name_ref *r;
+	if (a->nnames == 0)
+		return NULL;
+	r = bsearch(&key, a->names, a->nnames, sizeof(*a->names), key_cmp);
+	return r != NULL ? r->e : NULL;
+}
+
+/* Sub-addressing "local+tag": our convention (RFC 5321 §2.3.11 leaves the
+ * local part to the destination host). The first '+' splits; a local part
+ * starting or ending with '+' has no tag. The base length, or 0. */
+static size_t tag_base_len(const char *local)
+{
+	const char *plus = strchr(local, '+');
+	size_t n = strlen(local);
+	if (plus == NULL || plus == local || local[n - 1] == '+')
+		return 0;
+	return (size_t)(plus - local);
+}
+
+/* Design §4, in this order: the exact address or alias, the +tag base (exact
+ * or alias), the domain's catch-all "@domain". RFC 5321 §2.4 lets a host treat
+ * local parts case-sensitively; like most servers we do not. The local part is
+ * taken literally (RFC 5321 §2.3.11: only the destination host interprets it):
+ * no '%' or '!' routing, which would make us a relay (§3.6.1, §4.1.1.3 let a
+ * server decline that), and a '@' the parser unquoted is just a character, so
+ * "u@remote"@local names no remote mailbox. An empty (quoted "") local part
+ * meets the catch-all at the first step: the same answer as the last. */
+static const struct entry *resolve(const struct auth *a, const char *local, const char *domain)
+{
+	size_t base = tag_base_len(local);
+	const struct entry *e = lookup_parts(a, local, strlen(local), domain);
+	if (e == NULL && base > 0)
+		e = lookup_parts(a, local, base, domain);
+	if (e == NULL)
+		e = lookup_parts(a, "", 0, domain);
+	return e;
+}
+
+/* RFC 5321 §4.5.1: postmaster@<each domain we accept mail for> must be
+ * deliverable. We do not invent a route (sending abuse reports to whichever
+ * account comes first in the users file would surprise operators): each
+ * snapshot build (start, SIGHUP, check-config) warns for domains lacking one,
+ * and the operator adds an alias or a catch-all. */
+static void warn_no_postmaster(const struct auth *a)
+{
+	for (size_t i = 0; i < a->ndomains; i++) {
+		if (resolve(a, "postmaster", a->domains[i]) != NULL)
+			continue;
+		struct logline *l = log_begin(LL_WARN, "auth.no_postmaster");
+		log_str(l, "domain", a->domains[i]);
+		log_str(l, "msg", "postmaster at this domain reaches no account: add an alias "
+		    "or a catch-all (RFC 5321 §4.5.1)");
+		log_end(l);
+	}
+}
+
+bool auth_is_local_domain(const struct auth *a, const char *domain)
+{
+	/* domain literals are never local: the only local domains are names */
+	if (domain == NULL || domain[0] == '\0' || domain[0] == '[' || a->ndomains == 0)
+		return false;
+	return bsearch(&domain, a->domains, a->ndomains, sizeof(*a->domains), strp_cmp) != NULL;
+}
+
+/* RCPT TO (RFC 5321 §4.1.1.3): the session answers UNKNOWN with 550 5.1.1
+ * (RFC 3463 X.1.1) and REMOTE by relaying or refusing, as its port allows. */
+enum auth_rcpt auth_lookup_recipient(const struct auth *a, const char *local, const char *domain,
+    const struct account **acct_r)
+{
+	const struct entry *e;
+	if (acct_r != NULL)
+		*acct_r = NULL;
+	if (!auth_is_local_domain(a, domain))
+		return AUTH_RCPT_REMOTE;
+	e = local != NULL ? resolve(a, local, domain) : NULL;
+	if (e == NULL)
+		return AUTH_RCPT_UNKNOWN;
+	if (acct_r != NULL)
+		*acct_r = &e->acct;
+	return AUTH_RCPT_LOCAL;
+}
+
+/* Design §6: an account may send as any address that would be delivered to
+ * it (its address, aliases, their +tag forms, what its catch-all receives)
+ * but never as an address another account receives, catch-all or not. */
+bool auth_sender_allowed(const struct auth *a, const char *user, const char *local,
+    const char *domain)
+{
+	const struct entry *e = lookup(a, user);
+	if (e == NULL)
+		return false;
+	if (local == NULL)
+		return true;     /* "<>" (RFC 5321 §4.5.5): bounces, receipts */
+	return auth_is_local_domain(a, domain) && resolve(a, local, domain) == e;
+}
+
 /* ---------------------------------------------------------------- snapshot */
 
 static int sasl_callback(Gsasl *ctx, Gsasl_session *gs, Gsasl_property prop);
@@ -402,6 +620,7 @@ static void auth_free(struct auth *a)
 		entry_free(&a->entries[i]);
 	free(a->entries);
 	free(a->names);
+	xfree_strv(&a->domains);
 	if (a->gsasl != NULL)
 		gsasl_done(a->gsasl);
 	OPENSSL_cleanse(a->salt_key, sizeof(a->salt_key));
@@ -434,6 +653,8 @@ struct auth *auth_new(const struct config *cfg, char *err, size_t errlen)
 	a->allow_plaintext = cfg->auth.allow_plaintext;
 	setup_mechs(a, cfg);
 	pick_dummy_hash(a);
+	collect_domains(a, cfg);
+	warn_no_postmaster(a);
 	return a;
 fail:
 	auth_free(a);

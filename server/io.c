@@ -462,6 +462,25 @@ int io_getline(struct conn *c, size_t max, char **line_r, size_t *len_r)
 	return IO_LINE_OK;
 }
 
+size_t io_peek(struct conn *c, const char **p_r)
+{
+	if (c->bev == NULL || c->state != CS_OPEN)
+		return 0;
+	struct evbuffer_iovec v;
+	if (evbuffer_peek(bufferevent_get_input(c->bev), -1, NULL, &v, 1) < 1)
+		return 0;
+	*p_r = v.iov_base;
+	return v.iov_len;
+}
+
+void io_consume(struct conn *c, size_t n)
+{
+	if (c->bev == NULL)
+		return;
+	evbuffer_drain(bufferevent_get_input(c->bev), n);
+	c->bytes_in += n;
+}
+
 void io_pause(struct conn *c)
 {
 	c->paused = true;

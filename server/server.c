@@ -115,6 +115,10 @@ const struct proto_ops *server_proto_ops(enum cfg_proto p)
 	case PROTO_POP3:
 	case PROTO_POP3S:
 		return &pop3_ops;
+	case PROTO_SMTP:
+	case PROTO_SUBMISSION:
+	case PROTO_SUBMISSIONS:
+		return &smtp_ops;
 	default:
 		fatalx("protocol %s is not implemented", cfg_proto_name(p));
 	}

@@ -137,7 +137,7 @@ struct account {
 	char *secret;                /* "" = none */
 	char *scram_sha1;            /* "" = none, format as in struct cfg_user */
 	char *scram_sha256;
-	char **aliases;
+	char **aliases;              /* NULL-terminated; "@domain" is that domain's catch-all */
 	uint64_t quota;
 };
 
@@ -169,6 +169,32 @@ void auth_ref(struct auth *a);
 void auth_unref(struct auth **a_r);
 size_t auth_count(const struct auth *a);
 const struct account *auth_find(const struct auth *a, const char *address);   /* case-insensitive */
+
+/* Where mail for local@domain goes. Domains, aliases, catch-all and +tag
+ * addressing are resolved here and nowhere else (design §4). */
+enum auth_rcpt {
+	AUTH_RCPT_LOCAL,    /* delivered to the account in *acct_r */
+	AUTH_RCPT_UNKNOWN,  /* a local domain without such a user: 550 5.1.1 */
+	AUTH_RCPT_REMOTE,   /* not a local domain (domain literals never are) */
+};
+/* Local domains: config `domains:` plus those of all addresses and aliases;
+ * case-insensitive; "[192.0.2.1]"-style literals are never local. */
+bool auth_is_local_domain(const struct auth *a, const char *domain);
+/* local: the parser's unquoted local part, taken literally ('%', '!', '@' are
+ * plain characters). Order: exact address or alias (case-insensitive), then
+ * "base+tag" as "base" (first '+'; none when local starts or ends with '+'),
+ * then the domain's catch-all alias "@domain". acct_r may be NULL.
+ * Mail to postmaster is not special-cased: each snapshot build logs the warning
+ * auth.no_postmaster for a local domain where it reaches no account
+ * (RFC 5321 §4.5.1); a bare <Postmaster> (empty domain) is the caller's to map. */
+enum auth_rcpt auth_lookup_recipient(const struct auth *a, const char *local, const char *domain,
+    const struct account **acct_r);
+/* May the authenticated account `user` use local@domain as envelope sender
+ * (design §6)? Yes when auth_lookup_recipient would deliver that address to this
+ * very account; local NULL is the null reverse-path "<>": always yes. False
+ * when `user` is no account of this snapshot. */
+bool auth_sender_allowed(const struct auth *a, const char *user, const char *local,
+    const char *domain);
 /* crypt(3) check; AUTH_OK or AUTH_FAIL (unknown user costs the same time as a bad password) */
 enum auth_result auth_check_password(const struct auth *a, const char *user, const char *pass,
     const struct account **acct_r);
@@ -246,6 +272,10 @@ void io_set_callback(struct conn *c, io_cb cb, void *arg);
  * included): its bytes are discarded up to and including the next line end. */
 int io_getline(struct conn *c, size_t max, char **line_r, size_t *len_r);
 size_t io_input_len(const struct conn *c);
+/* Raw input (SMTP DATA/BDAT): the first contiguous piece of buffered input
+ * (0 when none; valid until the next io_* call), and dropping n octets of it. */
+size_t io_peek(struct conn *c, const char **p_r);
+void io_consume(struct conn *c, size_t n);
 void io_pause(struct conn *c);           /* stop reading (async work in progress) */
 void io_resume(struct conn *c);          /* read again; IO_DATAIN soon if input waits */
 int io_write(struct conn *c, const void *p, size_t len);

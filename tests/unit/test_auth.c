@@ -1,6 +1,7 @@
 /* test_auth.c: accounts, password and APOP checks, SASL exchanges run in
- * process against a libgsasl client, mechanism offering rules, and the
- * failed-login throttle (server/auth.c, server/throttle.c). */
+ * process against a libgsasl client, mechanism offering rules, recipient and
+ * envelope-sender resolution, and the failed-login throttle (server/auth.c,
+ * server/throttle.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,8 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/util.h"
 #include "common/xmalloc.h"
 #include "server/server.h"
@@ -29,6 +32,7 @@
 static int client_cb(Gsasl *ctx, Gsasl_session *s, Gsasl_property prop);
 
 static struct auth *A;             /* the fixture snapshot, built once */
+static struct auth *R;             /* the recipient fixture: domains, aliases, catch-all */
 static Gsasl *C;                   /* client side of the SASL round trips */
 static char *yes_hash, *keys_sha1, *keys_sha256;
 
@@ -53,6 +57,22 @@ static void user_set(struct cfg_user *u, char *address, char *password, char *se
 		u->naliases++;
 }
 
+static struct auth *new_auth_domains(struct cfg_user *users, size_t n, char **domains,
+    char *err, size_t errlen)
+{
+	struct config cfg;
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.auth.mechanisms = mechs_all;
+	cfg.auth.nmechanisms = 9;
+	cfg.users = users;
+	cfg.nusers = n;
+	cfg.users_file = "";
+	cfg.domains = domains;
+	while (domains != NULL && domains[cfg.ndomains] != NULL)
+		cfg.ndomains++;
+	return auth_new(&cfg, err, errlen);
+}
+
 static struct auth *new_auth(struct cfg_user *users, size_t n, bool plaintext, char *users_file,
     char *err, size_t errlen)
 {
@@ -65,6 +85,23 @@ static struct auth *new_auth(struct cfg_user *users, size_t n, bool plaintext, c
 	cfg.nusers = n;
 	cfg.users_file = users_file != NULL ? users_file : "";
 	return auth_new(&cfg, err, errlen);
+}
+
+/* R: example.org and alias.example come from accounts, catch.example from
+ * alice's catch-all (and bob), empty.example from `domains:` only (written in
+ * upper case: the snapshot lowercases), and the literal there is ignored. */
+static char *r_domains[] = { "Empty.Example", "[192.0.2.1]", NULL };
+static char *aliases_alice[] = { "sales@example.org", "@catch.example", "postmaster@example.org", NULL };
+static char *aliases_carol[] = { "info@alias.example", NULL };
+
+static struct auth *new_rcpt_fixture(char *err, size_t errlen)
+{
+	struct cfg_user u[4];
+	user_set(&u[0], "alice@example.org", "", "", "", "", aliases_alice);
+	user_set(&u[1], "bob@catch.example", "", "", "", "", no_aliases);
+	user_set(&u[2], "carol@example.org", "", "", "", "", aliases_carol);
+	user_set(&u[3], "carol+work@example.org", "", "", "", "", no_aliases);
+	return new_auth_domains(u, 4, r_domains, err, errlen);
 }
 
 static int group_setup(void **state)
@@ -81,7 +118,7 @@ static int group_setup(void **state)
 	user_set(&u[2], "mrose@example.org", "", "tanstaaf", "", "", no_aliases);
 	user_set(&u[3], "keys@example.org", "", "", keys_sha1, keys_sha256, no_aliases);
 	A = new_auth(u, 4, false, NULL, err, sizeof(err));
-	if (A == NULL) {
+	if (A == NULL || (R = new_rcpt_fixture(err, sizeof(err))) == NULL) {
 		fprintf(stderr, "auth_new: %s\n", err);
 		return -1;
 	}
@@ -94,6 +131,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	auth_unref(&A);
+	auth_unref(&R);
 	gsasl_done(C);
 	free(yes_hash);
 	free(keys_sha1);
@@ -808,6 +846,278 @@ static void test_sasl_session_keeps_snapshot_alive(void **state)
 	auth_sasl_free(&s);
 }
 
+/* ---------------------------------------------------------------- recipients */
+
+/* auth_lookup_recipient on R: checks the result code, returns the account's
+ * address (NULL, and checked NULL, for anything but AUTH_RCPT_LOCAL) */
+static const char *rcpt(const char *local, const char *domain, enum auth_rcpt want)
+{
+	const struct account *acct = (const struct account *)1;
+	assert_int_equal(auth_lookup_recipient(R, local, domain, &acct), want);
+	if (want != AUTH_RCPT_LOCAL) {
+		assert_null(acct);
+		return NULL;
+	}
+	assert_non_null(acct);
+	return acct->address;
+}
+
+static void test_local_domains_are_config_and_account_domains(void **state)
+{
+	assert_true(auth_is_local_domain(R, "example.org"));     /* an account address */
+	assert_true(auth_is_local_domain(R, "alias.example"));   /* an alias only */
+	assert_true(auth_is_local_domain(R, "catch.example"));
+	assert_true(auth_is_local_domain(R, "empty.example"));   /* domains: only */
+	assert_true(auth_is_local_domain(R, "EXAMPLE.Org"));
+	assert_true(auth_is_local_domain(R, "EMPTY.example"));
+	assert_false(auth_is_local_domain(R, "remote.example"));
+	assert_false(auth_is_local_domain(R, "sub.example.org"));
+	assert_false(auth_is_local_domain(R, "org"));
+	assert_false(auth_is_local_domain(R, ""));
+	assert_false(auth_is_local_domain(R, NULL));
+}
+
+static void test_domain_literal_never_local(void **state)
+{
+	/* even when `domains:` lists it */
+	assert_false(auth_is_local_domain(R, "[192.0.2.1]"));
+	assert_null(rcpt("alice", "[192.0.2.1]", AUTH_RCPT_REMOTE));
+	assert_null(rcpt("alice", "[IPv6:2001:db8::1]", AUTH_RCPT_REMOTE));
+}
+
+static void test_rcpt_exact_address(void **state)
+{
+	assert_string_equal(rcpt("alice", "example.org", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("bob", "catch.example", AUTH_RCPT_LOCAL), "bob@catch.example");
+	assert_string_equal(rcpt("carol", "example.org", AUTH_RCPT_LOCAL), "carol@example.org");
+}
+
+static void test_rcpt_local_part_and_domain_case_insensitive(void **state)
+{
+	assert_string_equal(rcpt("ALICE", "example.org", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("alice", "Example.ORG", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("PostMaster", "EXAMPLE.ORG", AUTH_RCPT_LOCAL), "alice@example.org");
+}
+
+static void test_rcpt_alias_delivers_to_account(void **state)
+{
+	assert_string_equal(rcpt("sales", "example.org", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("info", "alias.example", AUTH_RCPT_LOCAL), "carol@example.org");
+}
+
+static void test_rcpt_plus_tag_on_address(void **state)
+{
+	assert_string_equal(rcpt("alice+news", "example.org", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("Alice+News", "EXAMPLE.org", AUTH_RCPT_LOCAL), "alice@example.org");
+	/* the first '+' splits: the tag is "a+b" */
+	assert_string_equal(rcpt("alice+a+b", "example.org", AUTH_RCPT_LOCAL), "alice@example.org");
+}
+
+static void test_rcpt_plus_tag_on_alias(void **state)
+{
+	assert_string_equal(rcpt("sales+q3", "example.org", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("info+web", "alias.example", AUTH_RCPT_LOCAL), "carol@example.org");
+}
+
+static void test_rcpt_exact_name_with_plus_beats_tag(void **state)
+{
+	assert_string_equal(rcpt("carol+work", "example.org", AUTH_RCPT_LOCAL), "carol+work@example.org");
+	assert_string_equal(rcpt("carol+home", "example.org", AUTH_RCPT_LOCAL), "carol@example.org");
+}
+
+static void test_rcpt_plus_at_start_or_end_is_no_tag(void **state)
+{
+	assert_null(rcpt("+alice", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("alice+", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("alice+x+", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("+", "example.org", AUTH_RCPT_UNKNOWN));
+}
+
+static void test_rcpt_catch_all_takes_rest_of_its_domain(void **state)
+{
+	assert_string_equal(rcpt("anyone", "catch.example", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("x+y", "CATCH.example", AUTH_RCPT_LOCAL), "alice@example.org");
+	assert_string_equal(rcpt("+", "catch.example", AUTH_RCPT_LOCAL), "alice@example.org");
+}
+
+static void test_rcpt_exact_and_tag_beat_catch_all(void **state)
+{
+	assert_string_equal(rcpt("BOB", "catch.example", AUTH_RCPT_LOCAL), "bob@catch.example");
+	assert_string_equal(rcpt("bob+x", "catch.example", AUTH_RCPT_LOCAL), "bob@catch.example");
+}
+
+static void test_catch_all_does_not_capture_other_domains(void **state)
+{
+	/* alice's catch-all is for catch.example only */
+	assert_null(rcpt("nobody", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("nobody", "alias.example", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("nobody", "sub.catch.example", AUTH_RCPT_REMOTE));
+}
+
+static void test_rcpt_unknown_local_user(void **state)
+{
+	assert_null(rcpt("nobody", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("alic", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("alice", "alias.example", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("postmaster", "empty.example", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("", "example.org", AUTH_RCPT_UNKNOWN));        /* quoted "" */
+	assert_null(rcpt(NULL, "example.org", AUTH_RCPT_UNKNOWN));
+	assert_int_equal(auth_lookup_recipient(R, "nobody", "example.org", NULL), AUTH_RCPT_UNKNOWN);
+}
+
+static void test_rcpt_remote_domain(void **state)
+{
+	assert_null(rcpt("alice", "remote.example", AUTH_RCPT_REMOTE));
+	assert_null(rcpt("alice", "example.org.remote.example", AUTH_RCPT_REMOTE));
+	assert_null(rcpt("alice", "", AUTH_RCPT_REMOTE));              /* <Postmaster> has no domain */
+	assert_null(rcpt("alice", NULL, AUTH_RCPT_REMOTE));
+}
+
+static void test_rcpt_percent_and_bang_are_plain_characters(void **state)
+{
+	/* no '%' hack or UUCP path: looked up literally, never relayed */
+	assert_null(rcpt("alice%remote.example", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("user%remote.example", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("remote.example!alice", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_string_equal(rcpt("bob%remote.example", "catch.example", AUTH_RCPT_LOCAL),
+	    "alice@example.org");
+}
+
+static void test_rcpt_quoted_at_sign_is_a_plain_character(void **state)
+{
+	/* "user@remote.example"@example.org: the parser unquoted the local part */
+	assert_null(rcpt("user@remote.example", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("alice@example.org", "example.org", AUTH_RCPT_UNKNOWN));
+	assert_null(rcpt("alice@", "example.org", AUTH_RCPT_UNKNOWN));
+}
+
+static void test_catch_all_is_no_login_name(void **state)
+{
+	assert_null(auth_find(R, "@catch.example"));
+	assert_string_equal(auth_find(R, "SALES@example.org")->address, "alice@example.org");
+}
+
+/* ---------------------------------------------------------------- envelope senders */
+
+static void test_sender_own_address_and_aliases(void **state)
+{
+	assert_true(auth_sender_allowed(R, "alice@example.org", "alice", "example.org"));
+	assert_true(auth_sender_allowed(R, "alice@example.org", "Alice", "EXAMPLE.org"));
+	assert_true(auth_sender_allowed(R, "alice@example.org", "sales", "example.org"));
+	assert_true(auth_sender_allowed(R, "alice@example.org", "postmaster", "example.org"));
+	assert_true(auth_sender_allowed(R, "carol@example.org", "info", "alias.example"));
+}
+
+static void test_sender_plus_tag_of_address_and_alias(void **state)
+{
+	assert_true(auth_sender_allowed(R, "alice@example.org", "alice+lists", "example.org"));
+	assert_true(auth_sender_allowed(R, "alice@example.org", "sales+q3", "example.org"));
+	assert_false(auth_sender_allowed(R, "alice@example.org", "+alice", "example.org"));
+}
+
+static void test_sender_catch_all_domain(void **state)
+{
+	assert_true(auth_sender_allowed(R, "alice@example.org", "anything", "catch.example"));
+	assert_false(auth_sender_allowed(R, "carol@example.org", "anything", "catch.example"));
+}
+
+static void test_sender_someone_elses_address_refused(void **state)
+{
+	/* bob receives bob@catch.example: alice's catch-all does not cover it */
+	assert_false(auth_sender_allowed(R, "alice@example.org", "bob", "catch.example"));
+	assert_false(auth_sender_allowed(R, "alice@example.org", "bob+x", "catch.example"));
+	assert_false(auth_sender_allowed(R, "alice@example.org", "carol", "example.org"));
+	assert_false(auth_sender_allowed(R, "alice@example.org", "carol+work", "example.org"));
+	assert_false(auth_sender_allowed(R, "carol+work@example.org", "carol", "example.org"));
+	assert_false(auth_sender_allowed(R, "alice@example.org", "nobody", "example.org"));
+	assert_false(auth_sender_allowed(R, "alice@example.org", "alice", "remote.example"));
+	assert_false(auth_sender_allowed(R, "alice@example.org", "alice", "[192.0.2.1]"));
+}
+
+static void test_sender_null_reverse_path_allowed(void **state)
+{
+	assert_true(auth_sender_allowed(R, "alice@example.org", NULL, NULL));
+	assert_true(auth_sender_allowed(R, "bob@catch.example", NULL, ""));
+	/* but only for an account of this snapshot */
+	assert_false(auth_sender_allowed(R, "nobody@example.org", NULL, NULL));
+	assert_false(auth_sender_allowed(R, "nobody@example.org", "nobody", "example.org"));
+}
+
+/* ---------------------------------------------------------------- names at snapshot build */
+
+static void test_duplicate_catch_all_rejected(void **state)
+{
+	static char *c1[] = { "@dup.example", NULL }, *c2[] = { "@Dup.Example", NULL };
+	struct cfg_user u[2];
+	char err[256] = "";
+	user_set(&u[0], "a@example.org", "", "", "", "", c1);
+	user_set(&u[1], "b@example.org", "", "", "", "", c1);
+	assert_null(new_auth(u, 2, false, NULL, err, sizeof(err)));
+	assert_string_equal(err, "duplicate catch-all for domain dup.example");
+	/* case-insensitive; which spelling the message shows is unspecified */
+	user_set(&u[1], "b@example.org", "", "", "", "", c2);
+	assert_null(new_auth(u, 2, false, NULL, err, sizeof(err)));
+	assert_int_equal(strcasecmp(err, "duplicate catch-all for domain dup.example"), 0);
+}
+
+static void check_bad_alias(char *alias, const char *want_err)
+{
+	char *al[] = { alias, NULL };
+	struct cfg_user u;
+	char err[256] = "";
+	user_set(&u, "a@example.org", "", "", "", "", al);
+	assert_null(new_auth(&u, 1, false, NULL, err, sizeof(err)));
+	assert_string_equal(err, want_err);
+}
+
+static void test_alias_must_be_address_or_catch_all(void **state)
+{
+	check_bad_alias("nodomain", "a@example.org: bad alias 'nodomain': expected local@domain or @domain");
+	check_bad_alias("a@", "a@example.org: bad alias 'a@': expected local@domain or @domain");
+	check_bad_alias("@", "a@example.org: bad alias '@': expected local@domain or @domain");
+	check_bad_alias("a@b@example.org",
+	    "a@example.org: bad alias 'a@b@example.org': expected local@domain or @domain");
+	check_bad_alias("a@[192.0.2.1]",
+	    "a@example.org: bad alias 'a@[192.0.2.1]': a domain literal is never a local domain");
+}
+
+static void test_address_must_be_local_at_domain(void **state)
+{
+	struct cfg_user u;
+	char err[256] = "";
+	user_set(&u, "@example.org", "", "", "", "", no_aliases);
+	assert_null(new_auth(&u, 1, false, NULL, err, sizeof(err)));
+	assert_string_equal(err, "bad address '@example.org': expected local@domain");
+	user_set(&u, "alice", "", "", "", "", no_aliases);
+	assert_null(new_auth(&u, 1, false, NULL, err, sizeof(err)));
+	assert_string_equal(err, "bad address 'alice': expected local@domain");
+}
+
+static void test_missing_postmaster_is_a_warning(void **state)
+{
+	/* RFC 5321 §4.5.1: logged per local domain that postmaster does not reach */
+	static char *domains[] = { "empty.example", NULL };
+	static char *pm[] = { "postmaster@other.example", NULL };
+	char logf[] = "/tmp/test_auth_logXXXXXX", err[256] = "", text[2048] = "";
+	struct cfg_user u[2];
+	int fd = mkstemp(logf);
+	assert_true(fd >= 0);
+	user_set(&u[0], "yes@example.org", "", "", "", "", no_aliases);
+	user_set(&u[1], "p@other.example", "", "", "", "", pm);
+	assert_int_equal(log_open(LL_WARN, logf), 0);
+	struct auth *a = new_auth_domains(u, 2, domains, err, sizeof(err));
+	log_open(LL_INFO, NULL);
+	assert_non_null(a);      /* a warning, not an error */
+	assert_true(read(fd, text, sizeof(text) - 1) > 0);
+	close(fd);
+	unlink(logf);
+	assert_non_null(strstr(text, "\"level\":\"warn\",\"event\":\"auth.no_postmaster\",\"domain\":\"empty.example\""));
+	assert_non_null(strstr(text, "\"event\":\"auth.no_postmaster\",\"domain\":\"example.org\""));
+	assert_null(strstr(text, "\"domain\":\"other.example\""));
+	assert_int_equal(auth_lookup_recipient(a, "postmaster", "example.org", NULL), AUTH_RCPT_UNKNOWN);
+	auth_unref(&a);
+}
+
 /* ---------------------------------------------------------------- threads */
 
 static void *thread_main(void *arg)
@@ -982,6 +1292,32 @@ int main(void)
 		cmocka_unit_test(test_users_file_adds_accounts),
 		cmocka_unit_test(test_users_file_error_passed_through),
 		cmocka_unit_test(test_sasl_session_keeps_snapshot_alive),
+		cmocka_unit_test(test_local_domains_are_config_and_account_domains),
+		cmocka_unit_test(test_domain_literal_never_local),
+		cmocka_unit_test(test_rcpt_exact_address),
+		cmocka_unit_test(test_rcpt_local_part_and_domain_case_insensitive),
+		cmocka_unit_test(test_rcpt_alias_delivers_to_account),
+		cmocka_unit_test(test_rcpt_plus_tag_on_address),
+		cmocka_unit_test(test_rcpt_plus_tag_on_alias),
+		cmocka_unit_test(test_rcpt_exact_name_with_plus_beats_tag),
+		cmocka_unit_test(test_rcpt_plus_at_start_or_end_is_no_tag),
+		cmocka_unit_test(test_rcpt_catch_all_takes_rest_of_its_domain),
+		cmocka_unit_test(test_rcpt_exact_and_tag_beat_catch_all),
+		cmocka_unit_test(test_catch_all_does_not_capture_other_domains),
+		cmocka_unit_test(test_rcpt_unknown_local_user),
+		cmocka_unit_test(test_rcpt_remote_domain),
+		cmocka_unit_test(test_rcpt_percent_and_bang_are_plain_characters),
+		cmocka_unit_test(test_rcpt_quoted_at_sign_is_a_plain_character),
+		cmocka_unit_test(test_catch_all_is_no_login_name),
+		cmocka_unit_test(test_sender_own_address_and_aliases),
+		cmocka_unit_test(test_sender_plus_tag_of_address_and_alias),
+		cmocka_unit_test(test_sender_catch_all_domain),
+		cmocka_unit_test(test_sender_someone_elses_address_refused),
+		cmocka_unit_test(test_sender_null_reverse_path_allowed),
+		cmocka_unit_test(test_duplicate_catch_all_rejected),
+		cmocka_unit_test(test_alias_must_be_address_or_catch_all),
+		cmocka_unit_test(test_address_must_be_local_at_domain),
+		cmocka_unit_test(test_missing_postmaster_is_a_warning),
 		cmocka_unit_test(test_concurrent_exchanges_on_threads),
 		cmocka_unit_test(test_throttle_delays_double_to_8s_then_refuse),
 		cmocka_unit_test(test_throttle_refusal_lasts_window_after_last_failure),

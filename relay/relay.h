@@ -1,0 +1,172 @@
+/* relay.h: the internal header of relay/ (design §6): the durable queue of
+ * outbound mail, its scheduler and the SMTP client that empties it.
+ *
+ * Threading: functions marked "blocking" run on an aio worker or in the CLI,
+ * never on the reactor. Async calls and their callbacks run on the reactor.
+ *
+ * Layering: relay/ includes store/store.h (the aio pool, maildir_fsync_dir)
+ * and common/ only; never server/ or protocols/ headers. */
+#ifndef POSTLING_RELAY_H
+#define POSTLING_RELAY_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+struct aio;
+
+/* ---------------------------------------------------------------- queue.c */
+
+/* Layout (design §6): <data_dir>/queue/<id>.msg holds the message exactly as
+ * handed in (CRLF lines, Received: already prepended); <id>.env the envelope.
+ * The .env is written last, so an entry exists exactly when its .env does: a
+ * .msg without .env, and any *.tmp, is what a crash left (queue_clean).
+ *
+ * Id: 16 characters of lowercase base32hex (RFC 4648 §7, "0-9a-v", whose
+ * ASCII order is its numeric order): 8 for the creation second, 8 random
+ * (40 bits). Names therefore sort by age in `ls` and in queue_list.
+ *
+ * Envelope file: text, LF-terminated lines, fields separated by one space:
+ *   POSTLING-QUEUE 1
+ *   id <id>
+ *   sender <str>              reverse-path, "" for <> (RFC 5321 §4.1.1.2)
+ *   ret -|FULL|HDRS           RET= (RFC 3461 §4.3)
+ *   envid <str>               ENVID=, xtext-decoded (RFC 3461 §4.4)
+ *   smtputf8 0|1              SMTPUTF8 (RFC 6531 §3.4)
+ *   body 7BIT|8BITMIME|BINARYMIME   BODY= (RFC 6152, RFC 3030 §3)
+ *   auth-user <str>           submitting account, "" if none
+ *   client-ip <str>
+ *   helo <str>                EHLO/HELO argument (RFC 5321 §4.1.1.1)
+ *   created|next-attempt|last-attempt <secs since the epoch, 0..9999-12-31>
+ *   attempts <0..4294967295>
+ *   warned 0|1                delay DSN sent (RFC 3464)
+ *   rcpt <addr> <orcpt> <notify> <state> <attempts> <updated> <remote-mta> <last-reply>
+ *   end <number of rcpt lines>
+ * Every header field exactly once, in any order; one or more rcpt lines;
+ * "end" last. notify is "-", "NEVER" or a comma list of SUCCESS,FAILURE,DELAY
+ * in that order (RFC 3461 §4.1); state is pending|delivered|deferred|failed.
+ * A <str> is "-" for the empty string; otherwise its bytes with '%', bytes
+ * <= 0x20 (space, CR, LF, controls), 0x7f and >= 0x80 written as %XX
+ * (uppercase hex), and the one-byte string "-" written "%2D". So no byte an
+ * attacker chose can end a line or a field. Strings never hold NUL.
+ * The reader is strict: only the canonical form above is accepted, numbers
+ * without sign or leading zeros and range-checked; an unknown field is an
+ * error unless its name starts with "x-" (ignored: forward compatibility). */
+
+#define QUEUE_ID_LEN 16
+#define QUEUE_ENV_MAX_BYTES (16u * 1024 * 1024)
+#define QUEUE_RCPT_MAX 100000
+
+/* RFC 3461 §4.1 NOTIFY; 0 = no NOTIFY parameter given. NEVER excludes the others. */
+#define QUEUE_NOTIFY_NEVER   0x1u
+#define QUEUE_NOTIFY_SUCCESS 0x2u
+#define QUEUE_NOTIFY_FAILURE 0x4u
+#define QUEUE_NOTIFY_DELAY   0x8u
+
+enum queue_ret { QUEUE_RET_UNSET = 0, QUEUE_RET_FULL, QUEUE_RET_HDRS };            /* RFC 3461 §4.3 */
+enum queue_body { QUEUE_BODY_7BIT = 0, QUEUE_BODY_8BITMIME, QUEUE_BODY_BINARYMIME };
+enum queue_rcpt_state { Q_PENDING = 0, Q_DELIVERED, Q_DEFERRED, Q_FAILED };
+
+/* Strings are malloc'ed and owned by the struct; after queue_read_env none is
+ * NULL. Writers treat a NULL string as "". */
+struct queue_rcpt {
+	char *addr;                  /* forward-path mailbox, never "" */
+	char *orcpt;                 /* "" or "<addr-type>;<decoded addr>" (RFC 3461 §4.2) */
+	unsigned notify;             /* QUEUE_NOTIFY_* bits */
+	enum queue_rcpt_state state;
+	uint32_t attempts;
+	char *last_reply;            /* remote reply text (may be multi-line) or "" */
+	char *remote_mta;            /* "" or host that gave last_reply (RFC 3464 §2.3.5) */
+	time_t updated;
+};
+
+struct queue_env {
+	char id[QUEUE_ID_LEN + 1];
+	char *sender;                /* "" for the null reverse-path */
+	enum queue_ret ret;
+	char *envid;                 /* "" when not given */
+	bool smtputf8;
+	enum queue_body body;
+	char *auth_user;             /* "" if none */
+	char *client_ip;
+	char *helo;
+	time_t created;
+	uint32_t attempts;
+	time_t next_attempt;
+	time_t last_attempt;
+	bool warned;                 /* delay DSN sent */
+	struct queue_rcpt *rcpts;    /* owned, nrcpts entries, 1..QUEUE_RCPT_MAX */
+	size_t nrcpts;
+};
+
+void queue_new_id(char out[QUEUE_ID_LEN + 1]);
+/* 16 chars of [0-9a-v]: the only names queue functions build paths from. */
+bool queue_id_valid(const char *id);
+
+/* Pure. The envelope as file text (malloc'ed, NUL-terminated, length in
+ * *len_r); NULL with errno EINVAL when env breaks a rule above (bad id, no
+ * recipient, empty addr, value out of range) or EMSGSIZE past QUEUE_ENV_MAX_BYTES. */
+char *queue_env_format(const struct queue_env *env, size_t *len_r);
+/* Pure. 0, or -1 with errno EBADMSG and *env_r zeroed; *line_r (may be NULL)
+ * gets the 1-based line at fault, or 0 when the file as a whole is (missing
+ * field, no "end" line). */
+int queue_env_parse(const char *data, size_t len, struct queue_env *env_r, size_t *line_r);
+void queue_env_copy(struct queue_env *dst, const struct queue_env *src);   /* deep; NULL -> "" */
+void queue_env_free(struct queue_env *env);   /* frees members, zeroes *env */
+
+/* Blocking. New entry env->id: mkdir queue_dir (0700) if needed; <id>.msg.tmp,
+ * fsync, link to <id>.msg, fsync dir; the same for <id>.env; fsync dir. The
+ * final names are made with link(2), so an existing entry is never replaced
+ * (EEXIST). 0, or -1 with errno (EINVAL, EEXIST, ENOSPC, EFBIG, EIO...) and
+ * nothing left of this write. */
+int queue_write(const char *queue_dir, const struct queue_env *env, const char *msg, size_t len);
+/* Blocking. Atomic replacement of <id>.env: tmp, fsync, rename, fsync dir.
+ * ENOENT when the entry does not exist (never re-creates a removed one). On
+ * -1 before the rename the old file is intact; -1 from the final directory
+ * fsync means the new file is in place but may not survive a crash. */
+int queue_update_env(const char *queue_dir, const struct queue_env *env);
+/* Blocking. errno EINVAL (bad id), ENOENT, EBADMSG (corrupt or names another id). */
+int queue_read_env(const char *queue_dir, const char *id, struct queue_env *env_r);
+/* Blocking. Unlinks <id>.env (the entry is gone from then on), then <id>.msg,
+ * then fsyncs the dir. ENOENT when neither file existed. */
+int queue_remove(const char *queue_dir, const char *id);
+/* Blocking. Ids with a <id>.env regular file, sorted (= by age). *ids_r is a
+ * NULL-terminated array (xfree_strv); a missing queue_dir is an empty queue.
+ * The .env content is only checked by queue_read_env. */
+int queue_list(const char *queue_dir, char ***ids_r, size_t *n_r);
+/* Blocking. Removes <id>.msg without <id>.env and <id>.{msg,env}.tmp; leaves
+ * other names alone. Only while no queue_write runs on queue_dir (start-up,
+ * before listeners accept; a CLI with the server stopped): it cannot tell a
+ * crash leftover from a write in progress. */
+int queue_clean(const char *queue_dir);
+/* malloc'ed "<queue_dir>/<id>.msg", or NULL for an invalid id */
+char *queue_msg_path(const char *queue_dir, const char *id);
+
+/* Async queue_write for the SMTP session (reactor thread). env and msg are
+ * copied: the caller may free them when this returns. cb runs later on the
+ * reactor, never from inside queue_submit, exactly once unless queue_cancel
+ * came first: error 0 when the entry is durable, else an errno value
+ * (ECANCELED when the pool was freed before the write started).
+ *
+ * queue_cancel(&r) (also allowed inside cb) guarantees cb is not called after
+ * it returns, and NULLs r. The write itself is not undone: if it had not
+ * started it never runs; if it had, it completes durably or rolls back on its
+ * own. A cancelled write that succeeded stays in the queue and will be
+ * delivered, which is correct: only the reply to the client is lost, and
+ * SMTP allows duplicates over lost mail (RFC 5321 §6.1). The handle is valid
+ * until cb starts or the request is cancelled; cancel every request before
+ * aio_free. */
+struct queue_req;
+typedef void (*queue_done_cb)(void *arg, int error);
+struct queue_req *queue_submit(struct aio *aio, const char *queue_dir, const struct queue_env *env,
+    const char *msg, size_t len, queue_done_cb cb, void *arg);
+void queue_cancel(struct queue_req **r_r);
+
+/* Tests only: hook(file, step) runs before each step of the blocking writers
+ * ("msg"/"env"/"dir", "write"/"fsync"/"link"/"rename"/"fsync") and returns 0
+ * to go on or an errno value to fail the step with. NULL (default) = none.
+ * Called on worker threads; set it while no write runs. */
+typedef int (*queue_fault_fn)(const char *file, const char *step);
+void queue_set_fault_hook(queue_fault_fn hook);
+
+#endif
