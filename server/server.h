@@ -191,8 +191,8 @@ enum auth_rcpt auth_lookup_recipient(const struct auth *a, const char *local, co
     const struct account **acct_r);
 /* May the authenticated account `user` use local@domain as envelope sender
  * (design §6)? Yes when auth_lookup_recipient would deliver that address to this
- * very account; local NULL is the null reverse-path "<>": always yes. False
- * when `user` is no account of this snapshot. */
+ * very account. local NULL is the null reverse-path "<>" (RFC 5321 §4.5.5):
+ * yes. Always no when `user` is no account of this snapshot. */
 bool auth_sender_allowed(const struct auth *a, const char *user, const char *local,
     const char *domain);
 /* crypt(3) check; AUTH_OK or AUTH_FAIL (unknown user costs the same time as a bad password) */
