@@ -375,16 +375,19 @@ static void cmd_mail(struct smtp_session *s, struct smtp_cmd *cmd)
 	smtp_reply(s, 250, "2.1.0", "Ok");
 }
 
-/* The address a RCPT resolves to; "<Postmaster>" goes to the first local domain
- * (RFC 5321 §4.1.1.3: it must be accepted without a domain). */
-static void rcpt_address(const struct smtp_cmd *cmd, char *out, size_t size)
+/* The mailbox a RCPT names: its local part and domain as parsed (quotes
+ * removed, route dropped); "<Postmaster>" is postmaster of the first local
+ * domain (RFC 5321 §4.1.1.3: it must be accepted without a domain). */
+static void rcpt_parts(const struct smtp_cmd *cmd, const char **local_r, const char **domain_r)
 {
+	const struct config *cfg = server->cfg;
 	if (cmd->path.postmaster) {
-		const struct config *cfg = server->cfg;
-		snprintf(out, size, "postmaster@%s", cfg->ndomains ? cfg->domains[0] : cfg->server.hostname);
+		*local_r = "postmaster";
+		*domain_r = cfg->ndomains ? cfg->domains[0] : cfg->server.hostname;
 		return;
 	}
-	mailaddr_to_string(&cmd->path, out, size);
+	*local_r = cmd->path.local;
+	*domain_r = cmd->path.domain;
 }
 
 static void add_rcpt(struct smtp_session *s, const char *addr, const char *account,
@@ -411,13 +414,15 @@ static void cmd_rcpt(struct smtp_session *s, struct smtp_cmd *cmd)
 		smtp_reply(s, 452, "4.5.3", "Too many recipients");   /* RFC 5321 §4.5.3.1.10 */
 		return;
 	}
+	const char *local, *domain;
+	rcpt_parts(cmd, &local, &domain);
 	char addr[MAILADDR_STRING_MAX + 16];
-	rcpt_address(cmd, addr, sizeof(addr));
-	char *at = strrchr(addr, '@');
-	*at = '\0';
+	if (cmd->path.postmaster)
+		snprintf(addr, sizeof(addr), "%s@%s", local, domain);
+	else
+		mailaddr_to_string(&cmd->path, addr, sizeof(addr));   /* printable form for replies/logs */
 	const struct account *acct = NULL;
-	enum auth_rcpt kind = auth_lookup_recipient(server->auth, addr, at + 1, &acct);
-	*at = '@';
+	enum auth_rcpt kind = auth_lookup_recipient(server->auth, local, domain, &acct);
 	if (kind == AUTH_RCPT_UNKNOWN) {
 		smtp_reply(s, 550, "5.1.1", "<%s>: Recipient address rejected: User unknown", addr);
 		count_error(s);
@@ -485,20 +490,22 @@ static void cmd_quit(struct smtp_session *s, struct smtp_cmd *cmd)
 static void cmd_vrfy(struct smtp_session *s, struct smtp_cmd *cmd)
 {
 	/* RFC 5321 §3.5.3: 252 when we will not verify (the default: no account harvesting) */
-	if (!server->cfg->smtp.vrfy || cmd->arg == NULL || strchr(cmd->arg, '@') == NULL) {
+	struct mailaddr a;
+	const char *arg = cmd->arg ? cmd->arg : "";
+	size_t used;
+	bool bracketed = arg[0] == '<';
+	enum mailaddr_result r = bracketed
+	    ? mailaddr_parse_path(arg, strlen(arg), MAILADDR_ALLOW_UTF8, &a, &used)
+	    : mailaddr_parse(arg, strlen(arg), MAILADDR_ALLOW_UTF8, &a);
+	if (!server->cfg->smtp.vrfy || r != MAILADDR_OK) {
 		smtp_reply(s, 252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery");
 		return;
 	}
-	char *a = xstrdup(cmd->arg + (cmd->arg[0] == '<'));
-	a[strcspn(a, ">")] = '\0';
-	char *at = strrchr(a, '@');
-	*at = '\0';
 	const struct account *acct = NULL;
-	if (auth_lookup_recipient(server->auth, a, at + 1, &acct) == AUTH_RCPT_LOCAL)
+	if (auth_lookup_recipient(server->auth, a.local, a.domain, &acct) == AUTH_RCPT_LOCAL)
 		smtp_reply(s, 250, "2.1.5", "<%s>", acct->address);
 	else
 		smtp_reply(s, 550, "5.1.1", "User unknown");
-	free(a);
 }
 
 static void cmd_expn(struct smtp_session *s, struct smtp_cmd *cmd)
