@@ -868,7 +868,8 @@ static bool is_leftover(int dfd, const char *name)
 		return false;
 	memcpy(env, id, QUEUE_ID_LEN);
 	memcpy(env + QUEUE_ID_LEN, ".env", 5);
-	return faccessat(dfd, env, F_OK, AT_SYMLINK_NOFOLLOW) == -1 && errno == ENOENT;
+	struct stat st;
+	return fstatat(dfd, env, &st, AT_SYMLINK_NOFOLLOW) == -1 && errno == ENOENT;
 }
 
 static void log_removed(const char *dir, const char *name)

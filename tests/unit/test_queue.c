@@ -25,6 +25,7 @@
 #include <event2/event.h>
 
 #include "common/buf.h"
+#include "common/log.h"
 #include "common/util.h"
 #include "common/xmalloc.h"
 #include "relay/relay.h"
@@ -744,8 +745,22 @@ static void msg_without_env_is_ignored_then_cleaned(void **state)
 	assert_null(ids[1]);
 	xfree_strv(&ids);
 
+	char *logf = xasprintf("%s/log", fx->dir);
+	assert_int_equal(log_open(LL_INFO, logf), 0);
 	assert_int_equal(queue_clean(fx->q), 0);
+	log_open(LL_INFO, NULL);
 	assert_ls(fx->q, ID_A ".env " ID_A ".msg README");
+	char *log = slurp(logf, NULL);
+	size_t lines = 0;
+	for (const char *c = log; (c = strchr(c, '\n')) != NULL; c++)
+		lines++;
+	assert_int_equal(lines, 4);                    /* one warning per file removed */
+	assert_non_null(strstr(log, "\"level\":\"warn\",\"event\":\"queue.clean\",\"dir\":\""));
+	assert_non_null(strstr(log, "\"removed\":\"" ID_B ".msg\"}\n"));
+	assert_non_null(strstr(log, "\"removed\":\"" ID_C ".env.tmp\"}\n"));
+	assert_null(strstr(log, "README"));
+	free(log);
+	free(logf);
 	struct queue_env env;
 	assert_int_equal(queue_read_env(fx->q, ID_A, &env), 0);
 	queue_env_free(&env);
@@ -881,7 +896,9 @@ static void remove_unlinks_both_then_reports_enoent(void **state)
 static void list_is_sorted_and_only_regular_env_files(void **state)
 {
 	struct fx *fx = *state;
-	static const char *const ids_in[] = { "0000000c00000009", ID_A, "00000010aaaaaaaa", ID_B, "0000000b00000001" };
+	static const char *const ids_in[] = {
+		"0000000c00000009", ID_A, "00000010aaaaaaaa", ID_B, "0000000b00000001",
+	};
 	for (size_t i = 0; i < 5; i++)
 		write_simple(fx, ids_in[i], MSG);
 	char *d = qpath(fx, "0000000d00000000.env");       /* a directory */
