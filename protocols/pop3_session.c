@@ -72,9 +72,7 @@ struct pop3_session {
 	const char *mech;            /* mechanism of the current/last login attempt */
 	char *pending_reply;         /* reply held back by the throttle delay */
 	struct auth_sasl *sasl;
-	struct auth_conn_info ci;
-	unsigned char cb_exporter[32];
-	unsigned char cb_unique[64];
+	struct session_auth sa;     /* connection facts for SASL */
 	struct store_view *view;
 	bool *deleted;               /* per message of the view */
 	size_t ndeleted;
@@ -161,22 +159,9 @@ static void set_busy(struct pop3_session *s, bool busy)
 
 static bool plaintext_ok(struct pop3_session *s)
 {
-	return io_is_tls(s->c) || s->ci.loopback || server->cfg->auth.allow_plaintext;
+	return io_is_tls(s->c) || s->sa.ci.loopback || server->cfg->auth.allow_plaintext;
 }
 
-static void refresh_conn_info(struct pop3_session *s)
-{
-	session_auth_info(s->c, &s->ci, "pop");
-	size_t n;
-	if (io_tls_exporter(s->c, s->cb_exporter) == 0) {
-		s->ci.cb_tls_exporter = s->cb_exporter;
-		s->ci.cb_tls_exporter_len = sizeof(s->cb_exporter);
-	}
-	if (io_tls_unique(s->c, s->cb_unique, sizeof(s->cb_unique), &n) == 0) {
-		s->ci.cb_tls_unique = s->cb_unique;
-		s->ci.cb_tls_unique_len = n;
-	}
-}
 
 /* The message for a 1-based number, NULL if out of range or deleted */
 static struct store_msg *msg_get(struct pop3_session *s, const char *arg, size_t *idx_r)
@@ -383,7 +368,7 @@ static void sasl_done(struct conn *c, enum auth_result r, struct auth_sasl *sasl
 
 static void list_mechanisms(struct pop3_session *s, const char *prefix)
 {
-	const char *const *m = auth_mechanisms(server->auth, &s->ci);
+	const char *const *m = auth_mechanisms(server->auth, &s->sa.ci);
 	struct buf b;
 	buf_init(&b, 1024);
 	buf_appends(&b, prefix);
@@ -411,7 +396,7 @@ static void cmd_auth(struct pop3_session *s, struct pop3_cmd *cmd)
 	if (throttled(s))
 		return;
 	enum auth_result r;
-	s->sasl = auth_sasl_start(server->auth, cmd->args[0], &s->ci, &r);
+	s->sasl = auth_sasl_start(server->auth, cmd->args[0], &s->sa.ci, &r);
 	if (s->sasl == NULL) {
 		reply(s, "-ERR Unsupported authentication mechanism.");
 		return;
@@ -476,7 +461,7 @@ static void cmd_capa(struct pop3_session *s, struct pop3_cmd *cmd)
 	if (s->state == ST_AUTHORIZATION) {
 		if (plaintext_ok(s))
 			reply(s, "USER");
-		const char *const *m = auth_mechanisms(server->auth, &s->ci);
+		const char *const *m = auth_mechanisms(server->auth, &s->sa.ci);
 		if (m != NULL && m[0] != NULL)
 			list_mechanisms(s, "SASL");
 		if (m != NULL && m[0] != NULL)
@@ -861,7 +846,7 @@ static void pop3_io(struct conn *c, enum io_event ev, void *arg)
 		}
 		break;
 	case IO_TLSREADY:
-		refresh_conn_info(s);
+		session_auth_refresh(s->c, &s->sa, "pop");
 		set_busy(s, false);
 		break;
 	case IO_TIMEOUT:
@@ -890,7 +875,7 @@ static void pop3_start(struct conn *c)
 	s->state = ST_AUTHORIZATION;
 	snprintf(s->timestamp, sizeof(s->timestamp), "<%d.%llu@%s>", (int)getpid(),
 	    (unsigned long long)(util_random64() % 10000000000ULL), server->cfg->server.hostname);
-	refresh_conn_info(s);
+	session_auth_refresh(s->c, &s->sa, "pop");
 	io_set_callback(c, pop3_io, s);
 	io_set_timeout(c, server->cfg->pop3.timeout);
 	reply(s, "+OK Postling ready %s", s->timestamp);

@@ -51,9 +51,7 @@ struct smtp_session {
 	struct auth_sasl *sasl;
 	bool sasl_wait, sasl_final;
 	char *sasl_user;             /* user pending the client's ack of final SASL data */
-	struct auth_conn_info ci;
-	unsigned char cb_exporter[32];
-	unsigned char cb_unique[64];
+	struct session_auth sa;     /* connection facts for SASL */
 	unsigned errors;
 	unsigned messages;
 	/* the transaction */

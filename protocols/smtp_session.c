@@ -138,19 +138,6 @@ static void count_error(struct smtp_session *s)
 	smtp_end(s, "too many errors");
 }
 
-static void refresh_conn_info(struct smtp_session *s)
-{
-	size_t n;
-	session_auth_info(s->c, &s->ci, "smtp");
-	if (io_tls_exporter(s->c, s->cb_exporter) == 0) {
-		s->ci.cb_tls_exporter = s->cb_exporter;
-		s->ci.cb_tls_exporter_len = sizeof(s->cb_exporter);
-	}
-	if (io_tls_unique(s->c, s->cb_unique, sizeof(s->cb_unique), &n) == 0) {
-		s->ci.cb_tls_unique = s->cb_unique;
-		s->ci.cb_tls_unique_len = n;
-	}
-}
 
 /* ---------------------------------------------------------------- EHLO, HELO */
 
@@ -162,7 +149,7 @@ static void ehlo_keywords(struct smtp_session *s)
 	    (unsigned long long)cfg->smtp.max_message_size);
 	if (!io_is_tls(s->c) && io_tls_available(s->c))
 		io_printf(s->c, "250-STARTTLS\r\n");
-	const char *const *m = auth_mechanisms(server->auth, &s->ci);
+	const char *const *m = auth_mechanisms(server->auth, &s->sa.ci);
 	if (s->auth_user == NULL && m != NULL && m[0] != NULL) {
 		struct buf b;
 		buf_init(&b, 1024);
@@ -314,15 +301,15 @@ static void cmd_auth(struct smtp_session *s, struct smtp_cmd *cmd)
 		smtp_reply(s, 454, "4.7.0", "Too many authentication failures, try again later");
 		return;
 	}
-	if (auth_mechanisms(server->auth, &s->ci) == NULL ||
-	    auth_mechanisms(server->auth, &s->ci)[0] == NULL) {
+	if (auth_mechanisms(server->auth, &s->sa.ci) == NULL ||
+	    auth_mechanisms(server->auth, &s->sa.ci)[0] == NULL) {
 		/* RFC 4954 §4 / RFC 3207: no mechanism without TLS on this connection */
 		smtp_reply(s, 538, "5.7.11", "Encryption required for requested authentication mechanism");
 		count_error(s);
 		return;
 	}
 	enum auth_result r;
-	s->sasl = auth_sasl_start(server->auth, cmd->auth_mech, &s->ci, &r);
+	s->sasl = auth_sasl_start(server->auth, cmd->auth_mech, &s->sa.ci, &r);
 	if (s->sasl == NULL) {
 		smtp_reply(s, 504, "5.5.4", "Unrecognized authentication type");
 		count_error(s);
@@ -644,7 +631,7 @@ static void smtp_io(struct conn *c, enum io_event ev, void *arg)
 		}
 		break;
 	case IO_TLSREADY:
-		refresh_conn_info(s);
+		session_auth_refresh(s->c, &s->sa, "smtp");
 		smtp_set_busy(s, false);
 		break;
 	case IO_TIMEOUT:
@@ -669,7 +656,7 @@ static void smtp_start(struct conn *c)
 {
 	struct smtp_session *s = xcalloc(1, sizeof(*s));
 	s->c = c;
-	refresh_conn_info(s);
+	session_auth_refresh(s->c, &s->sa, "smtp");
 	io_set_callback(c, smtp_io, s);
 	io_set_timeout(c, server->cfg->smtp.timeout);
 	int delay = server->cfg->smtp.greeting_delay_ms;

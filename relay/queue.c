@@ -1,11 +1,13 @@
 /* queue.c: the durable relay queue (design §6); format and rules in relay.h.
  *
  * Everything but queue_submit/queue_cancel blocks: aio workers and the CLI.
- * The writers follow the Maildir pattern (store/maildir.c): tmp file, fsync,
- * link or rename into place, fsync the directory. The .msg is made durable
- * before its .env is created, so after any crash an .env never names a
- * missing .msg. No state is shared between threads except the test-only
- * fault hook, which is set while nothing runs. */
+ * The writers use the Maildir pattern (maildir_create_file and
+ * maildir_replace_file: tmp file, fsync, link or rename into place, fsync the
+ * directory); fields are split, numbers read and strings %XX-escaped by
+ * common/record.h. The .msg is made durable before its .env is created, so
+ * after any crash an .env never names a missing .msg. No state is shared
+ * between threads except the test-only fault hook, which is set while
+ * nothing runs. */
 #include "relay/relay.h"
 
 #include <dirent.h>
@@ -20,13 +22,13 @@
 
 #include "common/buf.h"
 #include "common/log.h"
+#include "common/record.h"
 #include "common/util.h"
 #include "common/xmalloc.h"
 #include "store/store.h"
 
 #define QUEUE_MAGIC "POSTLING-QUEUE 1"
 #define TIME_MAX 253402300799ULL     /* 9999-12-31T23:59:59Z */
-#define MAX_FIELDS 9                 /* a rcpt line */
 #define ID_TIME_CHARS 8              /* 40 bits of seconds, then 40 random bits */
 
 /* RFC 4648 §7 base32hex, lowercased: ASCII order is numeric order */
@@ -83,107 +85,20 @@ static int fault(const char *file, const char *step)
 
 /* ------------------------------------------------------------ strings */
 
-static bool needs_escape(unsigned char c)
-{
-	return c == '%' || c <= 0x20 || c >= 0x7f;
-}
+/* <str> fields: "-" for "", "%2D" for "-" (relay.h) */
+#define STR_ESC RECORD_ESC_DASH
 
 static void put_str(struct buf *b, const char *s)
 {
 	buf_appendc(b, ' ');
-	if (s == NULL || *s == '\0') {
-		buf_appendc(b, '-');
-		return;
-	}
-	if (strcmp(s, "-") == 0) {
-		buf_appends(b, "%2D");
-		return;
-	}
-	for (const unsigned char *c = (const unsigned char *)s; *c != '\0'; c++) {
-		if (needs_escape(*c))
-			buf_printf(b, "%%%02X", *c);
-		else
-			buf_appendc(b, (char)*c);
-	}
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;   /* the writer emits uppercase only */
-}
-
-/* One %XX at f (len bytes left, whole field flen): the byte, or -1 unless it is
- * the canonical escape of a byte that needs one ("%2D" only as the whole field). */
-static int unescape_one(const char *f, size_t left, size_t flen)
-{
-	if (left < 3)
-		return -1;
-	int hi = hexval(f[1]), lo = hexval(f[2]);
-	if (hi < 0 || lo < 0)
-		return -1;
-	int v = hi << 4 | lo;
-	if (v == 0 || (!needs_escape((unsigned char)v) && !(v == '-' && flen == 3)))
-		return -1;
-	return v;
-}
-
-/* malloc'ed decoded string, or NULL when f is not what put_str writes. */
-static char *get_str(const char *f, size_t len)
-{
-	if (len == 1 && f[0] == '-')
-		return xstrdup("");
-	char *out = xmalloc(len + 1);
-	size_t n = 0;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)f[i];
-		int v = c;
-		if (c == '%')
-			v = unescape_one(f + i, len - i, len);
-		else if (needs_escape(c))
-			v = -1;
-		if (v < 0) {
-			free(out);
-			return NULL;
-		}
-		out[n++] = (char)v;
-		i += c == '%' ? 2 : 0;
-	}
-	out[n] = '\0';
-	return out;
-}
-
-/* Decimal without sign or leading zeros, within [0, max]. */
-static bool parse_num(const char *f, size_t len, uint64_t max, uint64_t *r)
-{
-	uint64_t v = 0;
-	if (len == 0 || len > 20 || (len > 1 && f[0] == '0'))
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		if (f[i] < '0' || f[i] > '9')
-			return false;
-		unsigned d = (unsigned)(f[i] - '0');
-		if (v > (UINT64_MAX - d) / 10)
-			return false;
-		v = v * 10 + d;
-	}
-	*r = v;
-	return v <= max;
-}
-
-static bool field_is(const char *f, size_t len, const char *s)
-{
-	return len == strlen(s) && memcmp(f, s, len) == 0;
+	record_escape(b, s, STR_ESC);
 }
 
 /* Index of the name f in names[0..n), or -1. */
 static int name_lookup(const char *const *names, size_t n, const char *f, size_t len)
 {
 	for (size_t i = 0; i < n; i++)
-		if (field_is(f, len, names[i]))
+		if (record_field_is(f, len, names[i]))
 			return (int)i;
 	return -1;
 }
@@ -223,9 +138,9 @@ static void put_notify(struct buf *b, unsigned n)
 static bool get_notify(const char *f, size_t len, unsigned *r)
 {
 	*r = 0;
-	if (field_is(f, len, "-"))
+	if (record_field_is(f, len, "-"))
 		return true;
-	if (field_is(f, len, "NEVER")) {
+	if (record_field_is(f, len, "NEVER")) {
 		*r = QUEUE_NOTIFY_NEVER;
 		return true;
 	}
@@ -308,13 +223,13 @@ static bool get_field(struct queue_env *env, const struct field *fd, const char 
 			return false;
 		memcpy(env->id, f, QUEUE_ID_LEN);
 		return true;
-	case F_STR: return (*(char **)p = get_str(f, len)) != NULL;
+	case F_STR: return (*(char **)p = record_unescape(f, len, STR_ESC)) != NULL;
 	case F_RET: i = name_lookup(ret_names, NELEM(ret_names), f, len); break;
 	case F_BODY: i = name_lookup(body_names, NELEM(body_names), f, len); break;
 	case F_BOOL: i = name_lookup(bool_names, NELEM(bool_names), f, len); break;
 	case F_TIME:
 	case F_U32:
-		if (!parse_num(f, len, fd->kind == F_TIME ? TIME_MAX : UINT32_MAX, &v))
+		if (!record_num(f, len, 0, fd->kind == F_TIME ? TIME_MAX : UINT32_MAX, &v))
 			return false;
 		if (fd->kind == F_TIME)
 			*(time_t *)p = (time_t)v;
@@ -393,29 +308,6 @@ char *queue_env_format(const struct queue_env *env, size_t *len_r)
 
 /* ------------------------------------------------------------ parse */
 
-struct fields_split {
-	const char *p[MAX_FIELDS];
-	size_t len[MAX_FIELDS];
-	size_t n;
-};
-
-/* Split [p, end) on single spaces; false on an empty field or too many. */
-static bool split(const char *p, const char *end, struct fields_split *fs)
-{
-	fs->n = 0;
-	for (;;) {
-		const char *sp = memchr(p, ' ', (size_t)(end - p));
-		const char *fe = sp != NULL ? sp : end;
-		if (fe == p || fs->n == MAX_FIELDS)
-			return false;
-		fs->p[fs->n] = p;
-		fs->len[fs->n++] = (size_t)(fe - p);
-		if (sp == NULL)
-			return true;
-		p = sp + 1;
-	}
-}
-
 struct parser {
 	struct queue_env *env;
 	size_t cap;                  /* rcpts allocated */
@@ -423,10 +315,10 @@ struct parser {
 	bool ended;                  /* "end" line seen */
 };
 
-#define FS_NUM(fs, i, max, r) parse_num((fs)->p[i], (fs)->len[i], (max), (r))
-#define FS_STR(fs, i) get_str((fs)->p[i], (fs)->len[i])
+#define FS_NUM(fs, i, max, r) record_num((fs)->p[i], (fs)->len[i], 0, (max), (r))
+#define FS_STR(fs, i) record_unescape((fs)->p[i], (fs)->len[i], STR_ESC)
 
-static bool parse_rcpt(struct parser *ps, const struct fields_split *fs)
+static bool parse_rcpt(struct parser *ps, const struct record_fields *fs)
 {
 	struct queue_env *env = ps->env;
 	uint64_t att, upd;
@@ -449,10 +341,10 @@ static bool parse_rcpt(struct parser *ps, const struct fields_split *fs)
 	    (r->remote_mta = FS_STR(fs, 7)) != NULL && (r->last_reply = FS_STR(fs, 8)) != NULL;
 }
 
-static bool parse_header_field(struct parser *ps, const struct fields_split *fs)
+static bool parse_header_field(struct parser *ps, const struct record_fields *fs)
 {
 	for (size_t i = 0; i < NELEM(fields); i++) {
-		if (!field_is(fs->p[0], fs->len[0], fields[i].key))
+		if (!record_field_is(fs->p[0], fs->len[0], fields[i].key))
 			continue;
 		if ((ps->seen & (1u << i)) || fs->n != 2)
 			return false;
@@ -465,16 +357,16 @@ static bool parse_header_field(struct parser *ps, const struct fields_split *fs)
 /* One line [p, end) after the magic, without its LF. */
 static bool parse_line(struct parser *ps, const char *p, const char *end)
 {
-	struct fields_split fs;
+	struct record_fields fs;
 	if (ps->ended)
 		return false;                /* nothing may follow "end" */
 	if (end - p >= 2 && p[0] == 'x' && p[1] == '-')
 		return true;                 /* extension field: ignored */
-	if (!split(p, end, &fs))
+	if (!record_split(p, (size_t)(end - p), &fs))
 		return false;
-	if (field_is(fs.p[0], fs.len[0], "rcpt"))
+	if (record_field_is(fs.p[0], fs.len[0], "rcpt"))
 		return parse_rcpt(ps, &fs);
-	if (field_is(fs.p[0], fs.len[0], "end")) {
+	if (record_field_is(fs.p[0], fs.len[0], "end")) {
 		uint64_t n;
 		ps->ended = true;
 		return fs.n == 2 && FS_NUM(&fs, 1, QUEUE_RCPT_MAX, &n) && n == ps->env->nrcpts;
@@ -503,7 +395,7 @@ int queue_env_parse(const char *data, size_t len, struct queue_env *env_r, size_
 	for (; p < end; line++) {
 		/* a last line without its LF is a torn write */
 		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		bool ok = nl != NULL && (line == 1 ? field_is(p, (size_t)(nl - p), QUEUE_MAGIC) :
+		bool ok = nl != NULL && (line == 1 ? record_field_is(p, (size_t)(nl - p), QUEUE_MAGIC) :
 		    parse_line(&ps, p, nl));
 		if (!ok)
 			return parse_fail(env_r, line_r, line);
@@ -569,14 +461,6 @@ void queue_env_copy(struct queue_env *dst, const struct queue_env *src)
 
 /* ------------------------------------------------------------ files */
 
-/* Keeps errno across cleanup calls. */
-static void unlink_keep_errno(const char *path)
-{
-	int saved = errno;
-	unlink(path);
-	errno = saved;
-}
-
 static int fsync_dir(const char *dir)
 {
 	if (fault("dir", "fsync") == -1)
@@ -584,27 +468,28 @@ static int fsync_dir(const char *dir)
 	return maildir_fsync_dir(dir);
 }
 
-/* Create path (oflags: O_EXCL or O_TRUNC) with data, fsync, close. On
- * failure the file is removed (if this call made it) and errno kept. */
-static int put_file(const char *path, int oflags, const char *data, size_t len, const char *what)
+/* "<dir>/<id>.<ext>", ext "msg" or "env"; malloc'ed */
+static char *entry_path(const char *dir, const char *id, const char *ext)
 {
-	int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | oflags, 0600);
-	if (fd == -1)
-		return -1;
-	errno = 0;
-	int rc = fault(what, "write");
-	if (rc == 0 && (rc = util_write_all(fd, data, len)) == -1 && errno == 0)
-		errno = EIO;                 /* write(2) returned 0 */
-	if (rc == 0 && (rc = fault(what, "fsync")) == 0)
-		rc = fsync(fd);
-	int saved = errno;
-	if (close(fd) == -1 && rc == 0) {
-		rc = -1;
-		saved = errno;
-	}
-	if (rc == -1)
-		unlink(path);
-	errno = saved;
+	return xasprintf("%s/%s.%s", dir, id, ext);
+}
+
+/* maildir_file step hook -> the test fault hook: "msg"/"env" (what) steps,
+ * and the directory fsync as "dir" "fsync". */
+static int file_step(const char *step, const void *what)
+{
+	return strcmp(step, "fsync-dir") == 0 ? fault("dir", "fsync") : fault(what, step);
+}
+
+/* <dir>/<id>.<what> (what: "msg" or "env") holding data[0..len): made new
+ * (link; EEXIST rather than clobber on an id collision) or replaced (rename). */
+static int put_file(const char *dir, const char *id, const char *what, const char *data, size_t len,
+    bool replace)
+{
+	const struct maildir_file f = { .data = data, .len = len, .step = file_step, .step_arg = what };
+	char *name = xasprintf("%s.%s", id, what);
+	int rc = replace ? maildir_replace_file(dir, name, &f) : maildir_create_file(dir, name, &f);
+	free(name);
 	return rc;
 }
 
@@ -654,54 +539,14 @@ static int queue_mkdir(const char *dir)
 
 /* ------------------------------------------------------------ write */
 
-/* The names of one entry, and what this write has made so far. */
-struct entry {
-	const char *dir;
-	char *msg, *msg_tmp, *env, *env_tmp;   /* owned */
-	bool msg_made, env_made;
-};
-
-static void entry_init(struct entry *e, const char *dir, const char *id)
-{
-	e->dir = dir;
-	e->msg = xasprintf("%s/%s.msg", dir, id);
-	e->msg_tmp = xasprintf("%s/%s.msg.tmp", dir, id);
-	e->env = xasprintf("%s/%s.env", dir, id);
-	e->env_tmp = xasprintf("%s/%s.env.tmp", dir, id);
-	e->msg_made = e->env_made = false;
-}
-
-static void entry_free(struct entry *e)
-{
-	free(e->msg);
-	free(e->msg_tmp);
-	free(e->env);
-	free(e->env_tmp);
-}
-
-/* tmp file, fsync, link to dst (never replacing: EEXIST), drop the tmp name.
- * link + unlink rather than rename so that an id collision cannot clobber. */
-static int commit_new(const char *tmp, const char *dst, const char *data, size_t len, const char *what)
-{
-	if (put_file(tmp, O_EXCL, data, len, what) == -1)
-		return -1;
-	int rc = fault(what, "link");
-	if (rc == 0)
-		rc = link(tmp, dst);
-	unlink_keep_errno(tmp);
-	return rc;
-}
-
-/* Undo a failed write: .env first (the entry stops existing), then .msg. */
-static void entry_rollback(struct entry *e)
+/* Undo a write whose .env failed (and left nothing): the .msg goes too. */
+static void remove_msg(const char *dir, const char *id)
 {
 	int saved = errno;
-	if (e->env_made)
-		unlink(e->env);
-	if (e->msg_made)
-		unlink(e->msg);
-	if (e->env_made || e->msg_made)
-		maildir_fsync_dir(e->dir);
+	char *msg = entry_path(dir, id, "msg");
+	unlink(msg);
+	maildir_fsync_dir(dir);
+	free(msg);
 	errno = saved;
 }
 
@@ -711,20 +556,12 @@ int queue_write(const char *queue_dir, const struct queue_env *env, const char *
 	char *text = queue_env_format(env, &envlen);
 	if (text == NULL)
 		return -1;
-	struct entry e;
-	entry_init(&e, queue_dir, env->id);
+	/* the .msg is durable (dir fsync'ed) before the .env is begun */
 	int rc = queue_mkdir(queue_dir);
-	if (rc == 0 && (rc = commit_new(e.msg_tmp, e.msg, msg, len, "msg")) == 0) {
-		e.msg_made = true;
-		rc = fsync_dir(queue_dir);   /* the .msg is durable before the .env exists */
-	}
-	if (rc == 0 && (rc = commit_new(e.env_tmp, e.env, text, envlen, "env")) == 0) {
-		e.env_made = true;
-		rc = fsync_dir(queue_dir);
-	}
-	if (rc == -1)
-		entry_rollback(&e);
-	entry_free(&e);
+	if (rc == 0)
+		rc = put_file(queue_dir, env->id, "msg", msg, len, false);
+	if (rc == 0 && (rc = put_file(queue_dir, env->id, "env", text, envlen, false)) == -1)
+		remove_msg(queue_dir, env->id);
 	free(text);
 	return rc;
 }
@@ -736,16 +573,11 @@ int queue_update_env(const char *queue_dir, const struct queue_env *env)
 	char *text = queue_env_format(env, &envlen);
 	if (text == NULL)
 		return -1;
-	struct entry e;
-	entry_init(&e, queue_dir, env->id);
-	int rc = stat(e.env, &st);
+	char *path = entry_path(queue_dir, env->id, "env");
+	int rc = stat(path, &st);
+	free(path);
 	if (rc == 0)
-		rc = put_file(e.env_tmp, O_TRUNC, text, envlen, "env");
-	if (rc == 0 && ((rc = fault("env", "rename")) == -1 || (rc = rename(e.env_tmp, e.env)) == -1))
-		unlink_keep_errno(e.env_tmp);
-	if (rc == 0)
-		rc = fsync_dir(queue_dir);
-	entry_free(&e);
+		rc = put_file(queue_dir, env->id, "env", text, envlen, true);
 	free(text);
 	return rc;
 }
@@ -761,7 +593,7 @@ int queue_read_env(const char *queue_dir, const char *id, struct queue_env *env_
 		errno = EINVAL;
 		return -1;
 	}
-	char *path = xasprintf("%s/%s.env", queue_dir, id);
+	char *path = entry_path(queue_dir, id, "env");
 	int rc = read_whole(path, &data, &len);
 	free(path);
 	if (rc == -1)
@@ -793,15 +625,15 @@ int queue_remove(const char *queue_dir, const char *id)
 		errno = EINVAL;
 		return -1;
 	}
-	struct entry e;
+	char *env = entry_path(queue_dir, id, "env"), *msg = entry_path(queue_dir, id, "msg");
 	int gone = 0;
-	entry_init(&e, queue_dir, id);
-	int rc = unlink_counted(e.env, &gone);
+	int rc = unlink_counted(env, &gone);
 	if (rc == 0)
-		rc = unlink_counted(e.msg, &gone);
+		rc = unlink_counted(msg, &gone);
 	if (rc == 0 && gone < 2)
 		rc = fsync_dir(queue_dir);
-	entry_free(&e);
+	free(env);
+	free(msg);
 	if (rc == 0 && gone == 2) {
 		errno = ENOENT;
 		rc = -1;
@@ -910,7 +742,7 @@ int queue_clean(const char *queue_dir)
 
 char *queue_msg_path(const char *queue_dir, const char *id)
 {
-	return queue_id_valid(id) ? xasprintf("%s/%s.msg", queue_dir, id) : NULL;
+	return queue_id_valid(id) ? entry_path(queue_dir, id, "msg") : NULL;
 }
 
 /* ------------------------------------------------------------ async */

@@ -4,8 +4,9 @@
  * Threading: functions marked "blocking" run on an aio worker or in the CLI,
  * never on the reactor. Async calls and their callbacks run on the reactor.
  *
- * Layering: relay/ includes store/store.h (the aio pool, maildir_fsync_dir)
- * and common/ only; never server/ or protocols/ headers. */
+ * Layering: relay/ includes store/store.h (the aio pool; maildir_create_file,
+ * maildir_replace_file and maildir_fsync_dir for durable files) and common/
+ * only; never server/ or protocols/ headers. */
 #ifndef POSTLING_RELAY_H
 #define POSTLING_RELAY_H
 #include <stdbool.h>
@@ -47,8 +48,9 @@ struct aio;
  * in that order (RFC 3461 §4.1); state is pending|delivered|deferred|failed.
  * A <str> is "-" for the empty string; otherwise its bytes with '%', bytes
  * <= 0x20 (space, CR, LF, controls), 0x7f and >= 0x80 written as %XX
- * (uppercase hex), and the one-byte string "-" written "%2D". So no byte an
- * attacker chose can end a line or a field. Strings never hold NUL.
+ * (uppercase hex), and the one-byte string "-" written "%2D" (record_escape
+ * with RECORD_ESC_DASH, common/record.h). So no byte an attacker chose can
+ * end a line or a field. Strings never hold NUL.
  * The reader is strict: only the canonical form above is accepted, numbers
  * without sign or leading zeros and range-checked; an unknown field is an
  * error unless its name starts with "x-" (ignored: forward compatibility). */
@@ -168,5 +170,110 @@ void queue_cancel(struct queue_req **r_r);
  * Called on worker threads; set it while no write runs. */
 typedef int (*queue_fault_fn)(const char *file, const char *step);
 void queue_set_fault_hook(queue_fault_fn hook);
+
+/* ------------------------------------------------------------------ dns.c */
+
+/* Asynchronous DNS for delivery (design §6): libunbound on the server's
+ * event_base (ub_ctx_create_event + ub_resolve_event; Debian's libunbound is
+ * linked against the same libevent). Forwarders come from relay.dns.servers,
+ * else /etc/resolv.conf. Names are ASCII (IDNA A-labels: the caller converts
+ * U-labels); results use lowercase names without the final dot.
+ *
+ * A callback always runs later on the event loop, never from inside
+ * dns_resolve_*, exactly once unless dns_cancel came first. The result list
+ * handed to it is NULL unless status is DNS_OK, and is then owned by the
+ * callee (dns_*_list_free). A request handle is valid until its callback
+ * starts; dns_cancel(&r) inside that callback is allowed and does nothing
+ * but NULL r. */
+
+struct event_base;
+struct sockaddr_storage;
+struct dns;
+struct dns_req;
+
+enum dns_status {
+	DNS_OK = 0,
+	DNS_NOADDR,       /* addrs: the name exists, no A/AAAA (RFC 5321 §5.1: next MX) */
+	DNS_NULL_MX,      /* mx: RFC 7505 null MX: the domain takes no mail (5.1.10) */
+	DNS_NXDOMAIN,     /* RCODE 3 (RFC 1035 §4.1.1, RFC 8020): permanent */
+	DNS_BADNAME,      /* not a hostname that can be looked up: permanent */
+	DNS_TEMPFAIL,     /* SERVFAIL, REFUSED, timeout, DNSSEC bogus, malformed answer,
+	                     unusable MX names, resolver error: defer */
+};
+
+#define DNS_MX_MAX 64             /* MX records used; more are ignored */
+#define DNS_ADDR_MAX 32           /* addresses used per family */
+#define DNS_NAME_MAX 253          /* text form, no final dot (RFC 1035 §2.3.4) */
+#define DNS_TIMEOUT_MS_DEFAULT 30000
+
+struct dns_mx {
+	char *name;                   /* owned */
+	uint16_t pref;
+};
+
+struct dns_mx_list {
+	struct dns_mx *mx;            /* owned, n >= 1 entries: ascending preference,
+	                                 equal preferences in random order (RFC 5321 §5.1),
+	                                 each name once */
+	size_t n;
+	bool implicit;                /* no MX RRset: mx[0] is the domain, pref 0 (RFC 5321 §5.1) */
+	bool secure;                  /* DNSSEC-validated answer (RFC 7672 §2.2.1) */
+};
+
+struct dns_addr_list {
+	struct sockaddr_storage *addrs;   /* owned, n >= 1: IPv6 first, then IPv4; port 0 */
+	size_t n;
+	char *canon;                  /* owned: owner of the addresses after CNAMEs
+	                                 (RFC 1034 §3.6.2), == the name asked when none */
+	bool secure;                  /* every answer used DNSSEC-validated (RFC 7672 §2.2.2) */
+};
+
+typedef void (*dns_mx_cb)(void *arg, enum dns_status status, struct dns_mx_list *list);
+typedef void (*dns_addr_cb)(void *arg, enum dns_status status, struct dns_addr_list *list);
+
+/* servers: nservers entries "IP" or "IP@PORT" (IPv4 or IPv6); port (1..65535)
+ * applies to those without "@", 0 meaning 53. nservers 0: the nameservers of
+ * /etc/resolv.conf. /etc/hosts is not read (mail routing is DNS only). No
+ * DNSSEC validation unless dns_set_trust_anchor_file. NULL with a message in
+ * err on a bad server string or a libunbound failure. */
+struct dns *dns_new(struct event_base *base, const char *const *servers, size_t nservers,
+    int port, char *err, size_t errlen);
+/* Cancels every pending request (no callback runs; their handles are dead),
+ * then frees. */
+void dns_free(struct dns **d_r);
+/* Zone file of DS/DNSKEY records (e.g. /usr/share/dns/root.key) enabling
+ * validation; before the first dns_resolve_*. 0, or -1 with a message. */
+int dns_set_trust_anchor_file(struct dns *d, const char *path, char *err, size_t errlen);
+/* Per-request bound (default DNS_TIMEOUT_MS_DEFAULT; 0 restores it); past it
+ * the request ends DNS_TEMPFAIL. Applies to requests started afterwards. */
+void dns_set_timeout(struct dns *d, unsigned ms);
+
+/* MX of domain: DNS_OK (list), DNS_NULL_MX, DNS_NXDOMAIN, DNS_BADNAME,
+ * DNS_TEMPFAIL. No MX RRset (NODATA) gives the implicit MX. Exchanges equal
+ * to "." are dropped (RFC 7505 §3): when nothing else is left, DNS_NULL_MX.
+ * Never NULL. The caller still drops MX hosts that are itself (RFC 5321 §5.1). */
+struct dns_req *dns_resolve_mx(struct dns *d, const char *domain, dns_mx_cb cb, void *arg);
+/* AAAA and A of host (two queries; CNAMEs followed): DNS_OK when either gave
+ * an address (the other may have failed), else DNS_TEMPFAIL if either failed
+ * temporarily, DNS_NXDOMAIN if both said so, else DNS_NOADDR. Never NULL. */
+struct dns_req *dns_resolve_addrs(struct dns *d, const char *host, dns_addr_cb cb, void *arg);
+/* No callback after this; NULLs *r_r. NULL *r_r is fine. */
+void dns_cancel(struct dns_req **r_r);
+
+const char *dns_strerror(enum dns_status status);
+void dns_mx_list_free(struct dns_mx_list **l_r);
+void dns_addr_list_free(struct dns_addr_list **l_r);
+
+/* Pure, for tests and fuzzing: one answer message (RFC 1035 §4.1) to the
+ * question <name, qtype IN> interpreted as the resolve calls above do.
+ * dns_mx_parse: status as dns_resolve_mx, *list_r set only for DNS_OK.
+ * dns_addr_parse: qtype 1 (A) or 28 (AAAA); DNS_OK appends up to
+ * DNS_ADDR_MAX addresses to *list_r (created when NULL, canon set when
+ * unset), other statuses leave it alone; NODATA is DNS_NOADDR.
+ * A malformed message is DNS_TEMPFAIL. */
+enum dns_status dns_mx_parse(const void *pkt, size_t len, const char *domain,
+    struct dns_mx_list **list_r);
+enum dns_status dns_addr_parse(const void *pkt, size_t len, const char *host, int qtype,
+    struct dns_addr_list **list_r);
 
 #endif

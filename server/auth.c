@@ -4,7 +4,8 @@
  * `users:` plus the users file: accounts, a sorted name index (addresses and
  * aliases) for bsearch, the local domains, the offered SASL mechanisms and one
  * Gsasl context. Recipients (exact, alias, +tag, catch-all) and envelope
- * senders are resolved here and nowhere else (design §4, §6).
+ * senders are resolved over it by recipient.c (design §4, §6), which also
+ * builds the local domains kept here.
  * Nothing in it changes after auth_new(), so password checks and SASL steps
  * may run on worker threads concurrently; each SASL exchange owns its own
  * Gsasl_session and the gsasl callback only reads the snapshot.
@@ -344,7 +345,7 @@ static int index_names(struct auth *a, char *err, size_t errlen)
 }
 
 /* An address or alias (logins, authzids, auth_find). A catch-all "@domain"
- * is no name to log in with: it is reached only through resolve(). */
+ * is no name to log in with: it is reached only through auth_find_parts(). */
 static struct entry *lookup(const struct auth *a, const char *name)
 {
 	struct name_ref key = { name, NULL }, *r;
@@ -352,6 +353,39 @@ static struct entry *lookup(const struct auth *a, const char *name)
 		return NULL;
 	r = bsearch(&key, a->names, a->nnames, sizeof(*a->names), name_cmp);
 	return r != NULL ? r->e : NULL;
+}
+
+/* A name given in pieces (local part, "@", domain), compared the way
+ * name_cmp (strcasecmp) orders the index: no buffer sized by client input. */
+struct name_key {
+	const char *s[3];
+	size_t len[3];
+};
+
+static int key_cmp(const void *k, const void *elem)
+{
+	const struct name_key *key = k;
+	const unsigned char *n = (const unsigned char *)((const struct name_ref *)elem)->name;
+	for (int i = 0; i < 3; i++) {
+		for (size_t j = 0; j < key->len[i]; j++, n++) {
+			int d = tolower((unsigned char)key->s[i][j]) - tolower(*n);
+			if (d != 0)
+				return d;      /* also when the name ends first (*n == 0) */
+		}
+	}
+	return *n == '\0' ? 0 : -1;
+}
+
+/* For recipient.c's resolution: unlike lookup(), llen 0 finds the catch-all. */
+const struct account *auth_find_parts(const struct auth *a, const char *local, size_t llen,
+    const char *domain)
+{
+	struct name_key key = { { local, "@", domain }, { llen, 1, strlen(domain) } };
+	struct name_ref *r;
+	if (a->nnames == 0)
+		return NULL;
+	r = bsearch(&key, a->names, a->nnames, sizeof(*a->names), key_cmp);
+	return r != NULL ? &r->e->acct : NULL;
 }
 
 /* ---------------------------------------------------------------- mechanisms */
@@ -372,6 +406,25 @@ static const struct mech *mech_configured(const struct auth *a, const char *name
 	return NULL;
 }
 
+/* Design §4: CRAM-MD5 and DIGEST-MD5 work only for accounts that carry a
+ * recoverable secret, SCRAM for those with a secret or stored keys for its
+ * hash. Offering a mechanism no account of the snapshot can use only makes
+ * clients fail: Python's smtplib, for one, picks CRAM-MD5 first when it is
+ * offered, and each failure counts against the login throttle. */
+static bool mech_has_credentials(const struct auth *a, const struct mech *m)
+{
+	if (!(m->flags & (M_SECRET | M_SCRAM)))
+		return true;
+	for (size_t i = 0; i < a->nentries; i++) {
+		const struct entry *e = &a->entries[i];
+		if (e->acct.secret[0] != '\0')
+			return true;
+		if ((m->flags & M_SCRAM) && e->scram[(m->flags & M_SHA256) ? 1 : 0].salt != NULL)
+			return true;
+	}
+	return false;
+}
+
 static void add_mech(struct auth *a, const char *name)
 {
 	const struct mech *m = mech_by_name(name);
@@ -379,6 +432,12 @@ static void add_mech(struct auth *a, const char *name)
 		return;
 	if (m == NULL || !gsasl_server_support_p(a->gsasl, m->name)) {
 		log_msg(LL_WARN, "auth.mech_unsupported", "SASL mechanism %s is not supported; not offered", name);
+		return;
+	}
+	if (!mech_has_credentials(a, m)) {
+		log_msg(LL_INFO, "auth.mech_unused", "SASL mechanism %s: no account has %s; not offered",
+		    m->name, (m->flags & M_SECRET) ? "a secret" : (m->flags & M_SHA256)
+		    ? "a secret or scram_sha256 keys" : "a secret or scram_sha1 keys");
 		return;
 	}
 	a->mechs[a->nmechs++] = m;
@@ -427,175 +486,6 @@ bool auth_mech_allowed(const struct auth *a, const char *mech, const struct auth
 {
 	const struct mech *m = mech_configured(a, mech);
 	return m != NULL && mech_usable(a, m, ci);
-}
-
-/* ---------------------------------------------------------------- domains and recipients */
-
-static int strp_cmp(const void *x, const void *y)
-{
-	return strcasecmp(*(char *const *)x, *(char *const *)y);
-}
-
-static void add_domain(struct auth *a, const char *d)
-{
-	char *s = xstrdup(d);
-	for (char *p = s; *p != '\0'; p++)
-		*p = (char)tolower((unsigned char)*p);
-	a->domains[a->ndomains++] = s;
-}
-
-static void sort_domains(struct auth *a)
-{
-	size_t k = 0;
-	if (a->ndomains > 0)
-		qsort(a->domains, a->ndomains, sizeof(*a->domains), strp_cmp);
-	for (size_t i = 0; i < a->ndomains; i++) {
-		if (k > 0 && strcmp(a->domains[k - 1], a->domains[i]) == 0)
-			free(a->domains[i]);
-		else
-			a->domains[k++] = a->domains[i];
-	}
-	a->ndomains = k;
-	a->domains[k] = NULL;
-}
-
-/* Local domains: `domains:` plus the domain of every address and alias (the
- * names were checked by check_names, so each has one). */
-static void collect_domains(struct auth *a, const struct config *cfg)
-{
-	size_t n = 0;
-	while (cfg->domains != NULL && cfg->domains[n] != NULL)
-		n++;
-	if (n > SIZE_MAX - 1 - a->nnames)
-		fatalx("auth: domain count overflow");
-	a->domains = xreallocarray(NULL, n + a->nnames + 1, sizeof(*a->domains));
-	for (size_t i = 0; i < n; i++)
-		if (cfg->domains[i][0] != '\0' && cfg->domains[i][0] != '[')
-			add_domain(a, cfg->domains[i]);
-	for (size_t i = 0; i < a->nnames; i++)
-		add_domain(a, name_domain(a->names[i].name));
-	sort_domains(a);
-}
-
-/* A name given in pieces (local part, "@", domain), compared the way
- * name_cmp (strcasecmp) orders the index: no buffer sized by client input. */
-struct name_key {
-	const char *s[3];
-	size_t len[3];
-};
-
-static int key_cmp(const void *k, const void *elem)
-{
-	const struct name_key *key = k;
-	const unsigned char *n = (const unsigned char *)((const struct name_ref *)elem)->name;
-	for (int i = 0; i < 3; i++) {
-		for (size_t j = 0; j < key->len[i]; j++, n++) {
-			int d = tolower((unsigned char)key->s[i][j]) - tolower(*n);
-			if (d != 0)
-				return d;      /* also when the name ends first (*n == 0) */
-		}
-	}
-	return *n == '\0' ? 0 : -1;
-}
-
-static struct entry *lookup_parts(const struct auth *a, const char *local, size_t llen,
-    const char *domain)
-{
-	struct name_key key = { { local, "@", domain }, { llen, 1, strlen(domain) } };
-	struct name_ref *r;
-	if (a->nnames == 0)
-		return NULL;
-	r = bsearch(&key, a->names, a->nnames, sizeof(*a->names), key_cmp);
-	return r != NULL ? r->e : NULL;
-}
-
-/* Sub-addressing "local+tag": our convention (RFC 5321 §2.3.11 leaves the
- * local part to the destination host). The first '+' splits; a local part
- * starting or ending with '+' has no tag. The base length, or 0. */
-static size_t tag_base_len(const char *local)
-{
-	const char *plus = strchr(local, '+');
-	size_t n = strlen(local);
-	if (plus == NULL || plus == local || local[n - 1] == '+')
-		return 0;
-	return (size_t)(plus - local);
-}
-
-/* Design §4, in this order: the exact address or alias, the +tag base (exact
- * or alias), the domain's catch-all "@domain". RFC 5321 §2.4 lets a host treat
- * local parts case-sensitively; like most servers we do not. The local part is
- * taken literally (RFC 5321 §2.3.11: only the destination host interprets it):
- * no '%' or '!' routing, which would make us a relay (§3.6.1, §4.1.1.3 let a
- * server decline that), and a '@' the parser unquoted is just a character, so
- * "u@remote"@local names no remote mailbox. An empty (quoted "") local part
- * meets the catch-all at the first step: the same answer as the last. */
-static const struct entry *resolve(const struct auth *a, const char *local, const char *domain)
-{
-	size_t base = tag_base_len(local);
-	const struct entry *e = lookup_parts(a, local, strlen(local), domain);
-	if (e == NULL && base > 0)
-		e = lookup_parts(a, local, base, domain);
-	if (e == NULL)
-		e = lookup_parts(a, "", 0, domain);
-	return e;
-}
-
-/* RFC 5321 §4.5.1: postmaster@<each domain we accept mail for> must be
- * deliverable. We do not invent a route (sending abuse reports to whichever
- * account comes first in the users file would surprise operators): each
- * snapshot build (start, SIGHUP, check-config) warns for domains lacking one,
- * and the operator adds an alias or a catch-all. */
-static void warn_no_postmaster(const struct auth *a)
-{
-	for (size_t i = 0; i < a->ndomains; i++) {
-		if (resolve(a, "postmaster", a->domains[i]) != NULL)
-			continue;
-		struct logline *l = log_begin(LL_WARN, "auth.no_postmaster");
-		log_str(l, "domain", a->domains[i]);
-		log_str(l, "msg", "postmaster at this domain reaches no account: add an alias "
-		    "or a catch-all (RFC 5321 §4.5.1)");
-		log_end(l);
-	}
-}
-
-bool auth_is_local_domain(const struct auth *a, const char *domain)
-{
-	/* domain literals are never local: the only local domains are names */
-	if (domain == NULL || domain[0] == '\0' || domain[0] == '[' || a->ndomains == 0)
-		return false;
-	return bsearch(&domain, a->domains, a->ndomains, sizeof(*a->domains), strp_cmp) != NULL;
-}
-
-/* RCPT TO (RFC 5321 §4.1.1.3): the session answers UNKNOWN with 550 5.1.1
- * (RFC 3463 X.1.1) and REMOTE by relaying or refusing, as its port allows. */
-enum auth_rcpt auth_lookup_recipient(const struct auth *a, const char *local, const char *domain,
-    const struct account **acct_r)
-{
-	const struct entry *e;
-	if (acct_r != NULL)
-		*acct_r = NULL;
-	if (!auth_is_local_domain(a, domain))
-		return AUTH_RCPT_REMOTE;
-	e = local != NULL ? resolve(a, local, domain) : NULL;
-	if (e == NULL)
-		return AUTH_RCPT_UNKNOWN;
-	if (acct_r != NULL)
-		*acct_r = &e->acct;
-	return AUTH_RCPT_LOCAL;
-}
-
-/* Design §6: an account may send as any address that would be delivered to
- * it (its address, aliases, their +tag forms, what its catch-all receives)
- * but never as an address another account receives, catch-all or not. */
-bool auth_sender_allowed(const struct auth *a, const char *user, const char *local,
-    const char *domain)
-{
-	const struct entry *e = lookup(a, user);
-	if (e == NULL)
-		return false;
-	if (local == NULL)
-		return true;     /* "<>" (RFC 5321 §4.5.5): bounces, receipts */
-	return auth_is_local_domain(a, domain) && resolve(a, local, domain) == e;
 }
 
 /* ---------------------------------------------------------------- snapshot */
@@ -653,8 +543,8 @@ struct auth *auth_new(const struct config *cfg, char *err, size_t errlen)
 	a->allow_plaintext = cfg->auth.allow_plaintext;
 	setup_mechs(a, cfg);
 	pick_dummy_hash(a);
-	collect_domains(a, cfg);
-	warn_no_postmaster(a);
+	a->domains = recipient_domains(a, cfg, &a->ndomains);
+	recipient_warn_no_postmaster(a);
 	return a;
 fail:
 	auth_free(a);
@@ -684,6 +574,19 @@ const struct account *auth_find(const struct auth *a, const char *address)
 {
 	struct entry *e = lookup(a, address);
 	return e != NULL ? &e->acct : NULL;
+}
+
+const struct account *auth_account_at(const struct auth *a, size_t i)
+{
+	if (i >= a->nentries)
+		fatalx("auth_account_at: %zu of %zu", i, a->nentries);
+	return &a->entries[i].acct;
+}
+
+char *const *auth_local_domains(const struct auth *a, size_t *n_r)
+{
+	*n_r = a->ndomains;
+	return a->domains;
 }
 
 /* ---------------------------------------------------------------- passwords */

@@ -1,11 +1,11 @@
 /* config.c: the YAML configuration and the users file -> typed structs (design §7, §8).
  *
  * libyaml's document API loads the whole file into a node tree whose nodes carry
- * line:column marks. `-o key.path=value` overrides edit that tree before it is
- * mapped, so an overridden value is typed and validated exactly like one from the
- * file. Mapping is table driven: one flat `struct key` table per mapping level
- * says where each key's value goes and which handler parses it. Every problem
- * ends the load with "FILE:LINE:COLUMN: message" (or "-o PATH: message" for a
+ * line:column marks. `-o key.path=value` overrides (config_override.c) edit that
+ * tree before it is mapped, so an overridden value is typed and validated exactly
+ * like one from the file. Mapping is table driven: one flat `struct key` table
+ * per mapping level says where each key's value goes and which handler parses
+ * it. Every problem ends the load with "FILE:LINE:COLUMN: message" (or "-o PATH: message" for a
  * value that came from an override). */
 #include "server/server.h"
 
@@ -13,7 +13,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,7 +29,6 @@
 
 #define CFG_MAX_FILE   (16u * 1024 * 1024)   /* config and users files */
 #define CFG_MAX_USERS  (256u * 1024 * 1024)  /* users file as written by cfg_save_users_file */
-#define OVR_MARK       SIZE_MAX              /* mark.index of nodes made by -o; mark.line = override number */
 
 struct ctx {
 	const char *name;            /* file name used in messages */
@@ -89,7 +87,7 @@ static int fail_at(struct ctx *c, const yaml_mark_t *m, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	if (m->index == OVR_MARK) {
+	if (m->index == CFG_OVR_MARK) {
 		const char *o = c->ovr[m->line];
 		snprintf(c->err, c->errlen, "-o %.*s: %s", (int)strcspn(o, "="), o, msg);
 	} else {
@@ -106,8 +104,6 @@ static const yaml_mark_t *node_mark(const yaml_node_t *n)
 
 /* at node n (NULL: the top of the file) */
 #define fail(c, n, ...) fail_at((c), node_mark(n), __VA_ARGS__)
-/* about override number oi as a whole (bad path, bad syntax) */
-#define ovr_fail(c, oi, ...) fail_at((c), &(yaml_mark_t){ OVR_MARK, (oi), 0 }, __VA_ARGS__)
 
 /* ------------------------------------------------------------------ nodes */
 
@@ -122,7 +118,7 @@ static const char *scalar(const yaml_node_t *n)
 }
 
 /* A plain empty, "~" or "null" scalar: an absent value (YAML 1.2 core schema). */
-static bool is_null(const yaml_node_t *n)
+bool cfg_node_is_null(const yaml_node_t *n)
 {
 	if (n->type != YAML_SCALAR_NODE || n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
 		return false;
@@ -133,7 +129,7 @@ static bool is_null(const yaml_node_t *n)
 
 static int type_err(struct ctx *c, const yaml_node_t *n, const char *name, const char *expected)
 {
-	if (n->type == YAML_SCALAR_NODE && is_null(n))
+	if (n->type == YAML_SCALAR_NODE && cfg_node_is_null(n))
 		return fail(c, n, "%s: expected %s, found an empty value", name, expected);
 	if (n->type == YAML_SCALAR_NODE)
 		return fail(c, n, "%s: expected %s, found '%.60s'", name, expected, scalar(n));
@@ -246,7 +242,7 @@ static int map_mapping(struct ctx *c, yaml_node_t *n, const struct key *keys, vo
     const char *what)
 {
 	uint32_t seen = 0;
-	if (n != NULL && !is_null(n)) {
+	if (n != NULL && !cfg_node_is_null(n)) {
 		if (n->type != YAML_MAPPING_NODE)
 			return type_err(c, n, what, "a mapping");
 		for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++)
@@ -270,7 +266,7 @@ static int get_str(struct ctx *c, yaml_node_t *v, const struct key *k, char **s_
 		return type_err(c, v, k->name, "a string");
 	if (strlen(scalar(v)) != v->data.scalar.length)
 		return fail(c, v, "%s: contains a NUL character", k->name);
-	char *s = xstrdup(is_null(v) ? "" : scalar(v));
+	char *s = xstrdup(cfg_node_is_null(v) ? "" : scalar(v));
 	if (k->check != NULL && k->check(c, v, &s) == -1) {
 		free(s);
 		return -1;
@@ -294,12 +290,12 @@ static int key_strlist(struct ctx *c, yaml_node_t *v, void *base, const struct k
 {
 	char ***dst = field(base, k->off);
 	size_t *np = field(base, k->noff), n = 0;
-	bool single = v->type == YAML_SCALAR_NODE && !is_null(v) && (k->flags & KF_SCALAR_LIST);
+	bool single = v->type == YAML_SCALAR_NODE && !cfg_node_is_null(v) && (k->flags & KF_SCALAR_LIST);
 	if (v->type == YAML_SEQUENCE_NODE)
 		n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
 	else if (single)
 		n = 1;
-	else if (!is_null(v))
+	else if (!cfg_node_is_null(v))
 		return type_err(c, v, k->name, "a list");
 	xfree_strv(dst);
 	*dst = xcalloc(n + 1, sizeof(char *));
@@ -428,7 +424,7 @@ static int key_objs(struct ctx *c, yaml_node_t *v, void *base, const struct key 
 	size_t *np = field(base, k->noff), n = 0;
 	if (v->type == YAML_SEQUENCE_NODE)
 		n = (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
-	else if (!is_null(v))
+	else if (!cfg_node_is_null(v))
 		return type_err(c, v, k->name, "a list");
 	char *arr = xcalloc(n + 1, ol->size);
 	memcpy(field(base, k->off), &arr, sizeof(arr));   /* typed pointer slot, written bytewise */
@@ -482,7 +478,7 @@ static int key_proto(struct ctx *c, yaml_node_t *v, void *base, const struct key
 static int key_level(struct ctx *c, yaml_node_t *v, void *base, const struct key *k)
 {
 	int l = v->type == YAML_SCALAR_NODE ? log_level_parse(scalar(v)) : -1;
-	if (l == -1 && (v->type != YAML_SCALAR_NODE || is_null(v)))
+	if (l == -1 && (v->type != YAML_SCALAR_NODE || cfg_node_is_null(v)))
 		return type_err(c, v, k->name, "a log level");
 	if (l == -1)
 		return fail(c, v, "unknown log level '%.60s' (valid: debug, info, warn, error)", scalar(v));
@@ -547,12 +543,30 @@ static int check_address(struct ctx *c, yaml_node_t *v, char **s_r)
 	return 0;
 }
 
+static const char *domain_problem(const char *s)
+{
+	return strchr(s, '@') != NULL ? "contains '@'" : part_problem(s, strlen(s));
+}
+
 static int check_domain(struct ctx *c, yaml_node_t *v, char **s_r)
 {
 	setcase(*s_r, tolower);
-	const char *why = strchr(*s_r, '@') != NULL ? "contains '@'" : part_problem(*s_r, strlen(*s_r));
+	const char *why = domain_problem(*s_r);
 	if (why != NULL)
 		return fail(c, v, "bad domain '%.60s': %s", *s_r, why);
+	return 0;
+}
+
+/* An alias is an address, or "@domain": that domain's catch-all (design §4),
+ * whose domain is checked like those of `domains:`. */
+static int check_alias(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	if (**s_r != '@')
+		return check_address(c, v, s_r);
+	setcase(*s_r, tolower);
+	const char *why = domain_problem(*s_r + 1);
+	if (why != NULL)
+		return fail(c, v, "bad catch-all alias '%.60s': %s", *s_r, why);
 	return 0;
 }
 
@@ -700,7 +714,7 @@ static const struct key user_keys[] = {
 	K("secret", key_str, UOFF(secret)),
 	K("scram_sha1", key_str, UOFF(scram_sha1), .check = check_scram),
 	K("scram_sha256", key_str, UOFF(scram_sha256), .check = check_scram),
-	K("aliases", key_strlist, UOFF(aliases), .noff = UOFF(naliases), .check = check_address),
+	K("aliases", key_strlist, UOFF(aliases), .noff = UOFF(naliases), .check = check_alias),
 	K("quota", key_size, UOFF(quota)),
 	{ .name = NULL },
 };
@@ -927,6 +941,22 @@ static bool tab_indent(const char *text, size_t len, const yaml_mark_t *m, size_
 	return tab;
 }
 
+/* The byte at mark m (line, column counted in characters), or -1 past the line. */
+static int char_at(const char *text, size_t len, const yaml_mark_t *m)
+{
+	size_t i = 0, col = 0;
+	for (size_t line = 0; line < m->line && i < len; i++)
+		if (text[i] == '\n')
+			line++;
+	for (; i < len && text[i] != '\n'; i++) {
+		if (((unsigned char)text[i] & 0xc0) == 0x80)
+			continue;          /* a UTF-8 continuation byte */
+		if (col++ == m->column)
+			return (unsigned char)text[i];
+	}
+	return -1;
+}
+
 static int parser_error(struct ctx *c, const yaml_parser_t *p, const char *text, size_t len)
 {
 	yaml_mark_t m = p->problem_mark;
@@ -943,6 +973,11 @@ static int parser_error(struct ctx *c, const yaml_parser_t *p, const char *text,
 		return fail_at(c, &m, "found a tab character where indentation is expected "
 		    "(YAML forbids tabs for indentation)");
 	}
+	/* YAML reserves '@' and '`' (1.2 §5.3): a catch-all alias "@domain" needs quotes */
+	int ch = char_at(text, len, &m);
+	if (ch == '@' || ch == '`')
+		return fail_at(c, &m, "a value starting with '%c' must be quoted (YAML reserves '@' and '`'), "
+		    "e.g. \"@example.org\"", ch);
 	if (p->context != NULL)
 		return fail_at(c, &m, "%s (%s at line %zu, column %zu)", problem, p->context,
 		    p->context_mark.line + 1, p->context_mark.column + 1);
@@ -973,193 +1008,6 @@ static int parse_yaml(struct ctx *c, const char *text, size_t len, yaml_document
 	return r;
 }
 
-/* ------------------------------------------------------------------ overrides (-o) */
-
-static int mark_new(struct ctx *c, int id, size_t oi)
-{
-	if (id == 0)
-		fatalx("config: out of memory building the YAML tree");
-	yaml_node_t *n = node(c, id);
-	n->start_mark.index = n->end_mark.index = OVR_MARK;
-	n->start_mark.line = n->end_mark.line = oi;
-	n->start_mark.column = n->end_mark.column = 0;
-	return id;
-}
-
-static int new_scalar(struct ctx *c, size_t oi, const char *s, size_t len)
-{
-	return mark_new(c, yaml_document_add_scalar(c->doc, NULL, (const yaml_char_t *)s, (int)len,
-	    YAML_PLAIN_SCALAR_STYLE), oi);
-}
-
-/* Copy node id of src (a flow value given with -o) into the config tree. */
-static int copy_node(struct ctx *c, yaml_document_t *src, int id, size_t oi, int depth)
-{
-	yaml_node_t *n = yaml_document_get_node(src, id);
-	int nid;
-	if (depth > 16)
-		return 0;
-	if (n->type == YAML_SCALAR_NODE)
-		return mark_new(c, yaml_document_add_scalar(c->doc, NULL, n->data.scalar.value,
-		    (int)n->data.scalar.length, n->data.scalar.style), oi);
-	if (n->type == YAML_SEQUENCE_NODE) {
-		nid = mark_new(c, yaml_document_add_sequence(c->doc, NULL, YAML_FLOW_SEQUENCE_STYLE), oi);
-		for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top; it++) {
-			int child = copy_node(c, src, *it, oi, depth + 1);
-			if (child == 0 || !yaml_document_append_sequence_item(c->doc, nid, child))
-				return 0;
-		}
-		return nid;
-	}
-	nid = mark_new(c, yaml_document_add_mapping(c->doc, NULL, YAML_FLOW_MAPPING_STYLE), oi);
-	for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
-		int k = copy_node(c, src, p->key, oi, depth + 1), v = k ? copy_node(c, src, p->value, oi, depth + 1) : 0;
-		if (v == 0 || !yaml_document_append_mapping_pair(c->doc, nid, k, v))
-			return 0;
-	}
-	return nid;
-}
-
-/* The new value's node: a plain scalar, or YAML when it starts with [ or { */
-static int ovr_value(struct ctx *c, size_t oi, const char *val)
-{
-	size_t len = strlen(val);
-	if (len > INT_MAX / 2)
-		return ovr_fail(c, oi, "value too long");
-	if (val[0] != '[' && val[0] != '{') {
-		int id = yaml_document_add_scalar(c->doc, NULL, (const yaml_char_t *)val, (int)len,
-		    YAML_PLAIN_SCALAR_STYLE);
-		return id != 0 ? mark_new(c, id, oi) : ovr_fail(c, oi, "value is not valid UTF-8");
-	}
-	yaml_parser_t p;
-	yaml_document_t d;
-	int id = 0;
-	yaml_parser_initialize(&p);
-	yaml_parser_set_input_string(&p, (const unsigned char *)val, len);
-	if (!yaml_parser_load(&p, &d)) {
-		ovr_fail(c, oi, "bad YAML value: %s", p.problem != NULL ? p.problem : "syntax error");
-	} else {
-		id = copy_node(c, &d, 1, oi, 0);
-		if (id == 0)
-			ovr_fail(c, oi, "value nested too deeply");
-		yaml_document_delete(&d);
-	}
-	yaml_parser_delete(&p);
-	return id != 0 ? id : -1;
-}
-
-/* Where the current node hangs, so a null placeholder can become a mapping. */
-struct slot {
-	int parent;                  /* 0: the root itself */
-	size_t idx;
-	bool seq;
-};
-
-static void slot_set(struct ctx *c, const struct slot *s, int id)
-{
-	yaml_node_t *p = node(c, s->parent);
-	if (s->seq)
-		p->data.sequence.items.start[s->idx] = id;
-	else
-		p->data.mapping.pairs.start[s->idx].value = id;
-}
-
-/* Child `comp` of mapping cur, made when missing; val != 0 replaces it. */
-static int step_mapping(struct ctx *c, size_t oi, int cur, const char *comp, size_t len, int val,
-    struct slot *sl)
-{
-	yaml_node_t *m = node(c, cur);
-	size_t n = (size_t)(m->data.mapping.pairs.top - m->data.mapping.pairs.start);
-	for (size_t i = 0; i < n; i++) {
-		yaml_node_pair_t *p = &m->data.mapping.pairs.start[i];
-		yaml_node_t *k = node(c, p->key);
-		if (k->type == YAML_SCALAR_NODE && strlen(scalar(k)) == len && memcmp(scalar(k), comp, len) == 0) {
-			*sl = (struct slot){ cur, i, false };
-			if (val != 0)
-				p->value = val;
-			return p->value;
-		}
-	}
-	int key = new_scalar(c, oi, comp, len);
-	int v = val != 0 ? val : new_scalar(c, oi, "", 0);
-	if (!yaml_document_append_mapping_pair(c->doc, cur, key, v))
-		fatalx("config: out of memory building the YAML tree");
-	*sl = (struct slot){ cur, n, false };
-	return v;
-}
-
-static int step_sequence(struct ctx *c, size_t oi, int cur, const char *comp, size_t len, int val,
-    struct slot *sl)
-{
-	yaml_node_t *s = node(c, cur);
-	size_t n = (size_t)(s->data.sequence.items.top - s->data.sequence.items.start), idx = 0;
-	if (len == 0 || len > 9 || strspn(comp, "0123456789") < len)
-		return ovr_fail(c, oi, "no such list element");
-	for (size_t i = 0; i < len; i++)
-		idx = idx * 10 + (size_t)(comp[i] - '0');
-	if (idx >= n)
-		return ovr_fail(c, oi, "no such list element");
-	*sl = (struct slot){ cur, idx, true };
-	if (val != 0)
-		s->data.sequence.items.start[idx] = val;
-	return s->data.sequence.items.start[idx];
-}
-
-/* cur as a container: a null placeholder becomes an empty mapping. 0 if a scalar. */
-static int as_container(struct ctx *c, size_t oi, int cur, const struct slot *sl)
-{
-	yaml_node_t *n = node(c, cur);
-	if (n->type != YAML_SCALAR_NODE)
-		return cur;
-	if (!is_null(n) || sl->parent == 0)
-		return 0;
-	int m = mark_new(c, yaml_document_add_mapping(c->doc, NULL, YAML_BLOCK_MAPPING_STYLE), oi);
-	slot_set(c, sl, m);
-	return m;
-}
-
-static int set_path(struct ctx *c, size_t oi, const char *path, size_t pathlen, int val)
-{
-	int cur = 1;   /* the root is the first node */
-	struct slot sl = { 0, 0, false };
-	for (size_t at = 0;;) {
-		size_t len = strcspn(path + at, ".");
-		if (len > pathlen - at)
-			len = pathlen - at;
-		bool last = at + len == pathlen;
-		if (len == 0)
-			return ovr_fail(c, oi, "empty component in key path");
-		cur = as_container(c, oi, cur, &sl);
-		if (cur == 0 && at == 0)
-			return ovr_fail(c, oi, "the top level is not a mapping");
-		if (cur == 0)
-			return ovr_fail(c, oi, "'%.*s' is not a mapping or a list", (int)at - 1, path);
-		cur = node(c, cur)->type == YAML_SEQUENCE_NODE
-		    ? step_sequence(c, oi, cur, path + at, len, last ? val : 0, &sl)
-		    : step_mapping(c, oi, cur, path + at, len, last ? val : 0, &sl);
-		if (cur == -1 || last)
-			return cur == -1 ? -1 : 0;
-		at += len + 1;
-	}
-}
-
-static int apply_overrides(struct ctx *c, size_t n)
-{
-	/* an empty file: the root mapping must be node 1, made before any value */
-	if (n > 0 && yaml_document_get_root_node(c->doc) == NULL &&
-	    yaml_document_add_mapping(c->doc, NULL, YAML_BLOCK_MAPPING_STYLE) == 0)
-		fatalx("config: out of memory building the YAML tree");
-	for (size_t i = 0; i < n; i++) {
-		const char *o = c->ovr[i], *eq = strchr(o, '=');
-		if (eq == NULL || eq == o)
-			return ovr_fail(c, i, "expected key.path=value");
-		int val = ovr_value(c, i, eq + 1);
-		if (val == -1 || set_path(c, i, o, (size_t)(eq - o), val) == -1)
-			return -1;
-	}
-	return 0;
-}
-
 /* ------------------------------------------------------------------ loading */
 
 typedef int finish_fn(struct ctx *c, yaml_node_t *root, void *base);
@@ -1171,7 +1019,7 @@ static int load_doc(struct ctx *c, const char *text, size_t len, size_t novr, co
 	if (parse_yaml(c, text, len, &doc) == -1)
 		return -1;
 	c->doc = &doc;
-	int r = apply_overrides(c, novr);
+	int r = cfg_apply_overrides(&doc, c->ovr, novr, c->err, c->errlen);
 	yaml_node_t *root = yaml_document_get_root_node(&doc);
 	if (r == 0)
 		r = map_mapping(c, root, keys, base, "top level");

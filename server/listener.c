@@ -87,6 +87,10 @@ static void accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 		refuse(fd, l->proto, ip, "max_connections_per_ip reached");
 		return;
 	}
+	if (!server_conn_rate_ok(ip)) {
+		refuse(fd, l->proto, ip, "max_connection_rate_per_ip reached");
+		return;
+	}
 	evutil_make_socket_nonblocking(fd);
 	/* replies are written whole; without this a reply split over two loop
 	 * passes (status line, then the body from disk) meets Nagle + delayed ACK */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -88,6 +89,22 @@ int server_conn_count_get(const char *ip)
 {
 	struct strmap_ent *e = strmap_find(server->ipcounts->b, ip, false);
 	return e ? e->count : 0;
+}
+
+bool server_conn_rate_ok(const char *ip)
+{
+	int max = server->cfg->server.max_connection_rate_per_ip;
+	if (max <= 0)
+		return true;
+	/* one fixed window for all addresses: memory is bounded by the addresses
+	 * seen in one minute, and a sweep is just clearing the table */
+	time_t now = time(NULL);
+	if (now - server->rate_window >= 60) {
+		strmap_clear(server->rates->b);
+		server->rate_window = now;
+	}
+	struct strmap_ent *e = strmap_find(server->rates->b, ip, true);
+	return ++e->count <= max;
 }
 
 bool session_lock_user(const char *proto, const char *user)
@@ -239,6 +256,7 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 	server->cfg = cfg;
 	server->ipcounts = xcalloc(1, sizeof(*server->ipcounts));
 	server->locks = xcalloc(1, sizeof(*server->locks));
+	server->rates = xcalloc(1, sizeof(*server->rates));
 	if (mkdir(cfg->server.data_dir, 0755) == -1 && errno != EEXIST) {
 		snprintf(err, errlen, "cannot create data_dir '%s': %s", cfg->server.data_dir, strerror(errno));
 		return -1;
@@ -276,6 +294,8 @@ static void server_cleanup(struct run_state *rs)
 	throttle_free(&server->throttle);
 	strmap_clear(server->ipcounts->b);
 	strmap_clear(server->locks->b);
+	strmap_clear(server->rates->b);
+	free(server->rates);
 	free(server->ipcounts);
 	free(server->locks);
 	if (server->base != NULL)

@@ -15,6 +15,8 @@ struct store;
 struct auth;
 struct auth_sasl;
 struct logline;
+struct yaml_document_s;          /* libyaml's, for config.c and config_override.c */
+struct yaml_node_s;
 
 /* ---------------------------------------------------------------- config.c */
 
@@ -57,6 +59,7 @@ struct config {
 		char *user;              /* default "postling"; "" = do not drop privileges */
 		int max_connections;     /* default 2000 */
 		int max_connections_per_ip; /* default 20 */
+		int max_connection_rate_per_ip; /* new connections per minute per IP, 0 = no limit (default) */
 		int shutdown_timeout;    /* seconds, default 30 (server.shutdown_timeout) */
 	} server;
 	struct {
@@ -128,6 +131,20 @@ const char *cfg_proto_name(enum cfg_proto p);
 bool cfg_proto_implicit_tls(enum cfg_proto p);
 /* The embedded demo configuration (YAML text), data under ./var */
 extern const char cfg_demo_yaml[];
+/* Internal to config.c and config_override.c: a plain empty, "~" or "null"
+ * scalar, an absent value (YAML 1.2 core schema). */
+bool cfg_node_is_null(const struct yaml_node_s *n);
+
+/* ---------------------------------------------------------------- config_override.c */
+
+/* Internal to config.c: nodes an override made carry mark.index CFG_OVR_MARK and
+ * mark.line = the override's number, so messages about them say "-o PATH: ...". */
+#define CFG_OVR_MARK SIZE_MAX
+/* Apply the `-o key.path=value` strings ovr[0..n) in order to the parsed tree doc
+ * (an empty document first gets a root mapping), before it is mapped. 0, or -1
+ * with "-o PATH: message" in err. */
+int cfg_apply_overrides(struct yaml_document_s *doc, char *const *ovr, size_t n,
+    char *err, size_t errlen);
 
 /* ---------------------------------------------------------------- auth.c */
 
@@ -170,6 +187,50 @@ void auth_unref(struct auth **a_r);
 size_t auth_count(const struct auth *a);
 const struct account *auth_find(const struct auth *a, const char *address);   /* case-insensitive */
 
+/* crypt(3) check; AUTH_OK or AUTH_FAIL (unknown user costs the same time as a bad password) */
+enum auth_result auth_check_password(const struct auth *a, const char *user, const char *pass,
+    const struct account **acct_r);
+/* APOP (RFC 1939 §7): digest = hex MD5(timestamp secret) */
+enum auth_result auth_check_apop(const struct auth *a, const char *user, const char *timestamp,
+    const char *digest_hex, const struct account **acct_r);
+/* Mechanisms offered on a connection, from auth.mechanisms, NULL-terminated, static strings
+ * owned by `a`. Mechanisms need TLS (or loopback, or allow_plaintext) to be offered, -PLUS
+ * also channel-binding data. Only mechanisms some account of the snapshot can use are
+ * offered or allowed (design §4): CRAM-MD5 and DIGEST-MD5 when one has a secret, SCRAM-SHA-1
+ * and SCRAM-SHA-256 (and -PLUS) when one has a secret or stored keys for that hash. */
+const char *const *auth_mechanisms(const struct auth *a, const struct auth_conn_info *ci);
+bool auth_mech_allowed(const struct auth *a, const char *mech, const struct auth_conn_info *ci);
+
+struct auth_sasl;
+/* Start a server exchange; NULL (and *res_r = AUTH_BADPROTO) when the mechanism is
+ * unknown or not allowed here. ci's pointers must live until auth_sasl_free. */
+struct auth_sasl *auth_sasl_start(struct auth *a, const char *mech, const struct auth_conn_info *ci,
+    enum auth_result *res_r);
+/* One step. in_b64: the client's base64 line ("" for an empty response, "=" as
+ * in RFC 4954 for an empty initial response, NULL for no initial response).
+ * *out_b64_r: malloc'ed challenge (AUTH_CONTINUE) or final server data (AUTH_OK, may be "").
+ * Blocking (CPU): call from a worker thread. */
+enum auth_result auth_sasl_step(struct auth_sasl *s, const char *in_b64, char **out_b64_r);
+const char *auth_sasl_user(const struct auth_sasl *s);        /* valid after AUTH_OK */
+const char *auth_sasl_mech(const struct auth_sasl *s);
+void auth_sasl_free(struct auth_sasl **s_r);
+/* crypt(3) hash of a password with a fresh salt: yescrypt, else SHA-512-crypt */
+char *auth_hash_password(const char *pass);
+/* "<iter>:<salt>:<StoredKey>:<ServerKey>" for SCRAM-SHA-1 (sha256=false) or -256, fresh salt, 4096 iterations */
+char *auth_scram_keys(const char *pass, bool sha256);
+
+/* Internal to auth.c and recipient.c (the snapshot seen by its recipient
+ * resolution): the i-th account (i < auth_count(a)); the address or alias
+ * local@domain given in pieces, local being llen bytes (case-insensitive; llen 0
+ * finds the catch-all "@domain", which auth_find never does); and the local
+ * domains recipient_domains() made for this snapshot (NULL-terminated, *n_r). */
+const struct account *auth_account_at(const struct auth *a, size_t i);
+const struct account *auth_find_parts(const struct auth *a, const char *local, size_t llen,
+    const char *domain);
+char *const *auth_local_domains(const struct auth *a, size_t *n_r);
+
+/* ---------------------------------------------------------------- recipient.c */
+
 /* Where mail for local@domain goes. Domains, aliases, catch-all and +tag
  * addressing are resolved here and nowhere else (design §4). */
 enum auth_rcpt {
@@ -195,34 +256,13 @@ enum auth_rcpt auth_lookup_recipient(const struct auth *a, const char *local, co
  * yes. Always no when `user` is no account of this snapshot. */
 bool auth_sender_allowed(const struct auth *a, const char *user, const char *local,
     const char *domain);
-/* crypt(3) check; AUTH_OK or AUTH_FAIL (unknown user costs the same time as a bad password) */
-enum auth_result auth_check_password(const struct auth *a, const char *user, const char *pass,
-    const struct account **acct_r);
-/* APOP (RFC 1939 §7): digest = hex MD5(timestamp secret) */
-enum auth_result auth_check_apop(const struct auth *a, const char *user, const char *timestamp,
-    const char *digest_hex, const struct account **acct_r);
-/* Mechanisms offered on a connection, from auth.mechanisms, NULL-terminated, static strings
- * owned by `a`. Mechanisms need TLS (or loopback, or allow_plaintext) to be offered. */
-const char *const *auth_mechanisms(const struct auth *a, const struct auth_conn_info *ci);
-bool auth_mech_allowed(const struct auth *a, const char *mech, const struct auth_conn_info *ci);
 
-struct auth_sasl;
-/* Start a server exchange; NULL (and *res_r = AUTH_BADPROTO) when the mechanism is
- * unknown or not allowed here. ci's pointers must live until auth_sasl_free. */
-struct auth_sasl *auth_sasl_start(struct auth *a, const char *mech, const struct auth_conn_info *ci,
-    enum auth_result *res_r);
-/* One step. in_b64: the client's base64 line ("" for an empty response, "=" as
- * in RFC 4954 for an empty initial response, NULL for no initial response).
- * *out_b64_r: malloc'ed challenge (AUTH_CONTINUE) or final server data (AUTH_OK, may be "").
- * Blocking (CPU): call from a worker thread. */
-enum auth_result auth_sasl_step(struct auth_sasl *s, const char *in_b64, char **out_b64_r);
-const char *auth_sasl_user(const struct auth_sasl *s);        /* valid after AUTH_OK */
-const char *auth_sasl_mech(const struct auth_sasl *s);
-void auth_sasl_free(struct auth_sasl **s_r);
-/* crypt(3) hash of a password with a fresh salt: yescrypt, else SHA-512-crypt */
-char *auth_hash_password(const char *pass);
-/* "<iter>:<salt>:<StoredKey>:<ServerKey>" for SCRAM-SHA-1 (sha256=false) or -256, fresh salt, 4096 iterations */
-char *auth_scram_keys(const char *pass, bool sha256);
+/* Internal to auth.c, called by auth_new() once the accounts and name index are
+ * built: the local domains (lowercased, sorted, unique, NULL-terminated, *n_r of
+ * them; the snapshot owns them), then one auth.no_postmaster warning per local
+ * domain where postmaster reaches no account. */
+char **recipient_domains(const struct auth *a, const struct config *cfg, size_t *n_r);
+void recipient_warn_no_postmaster(const struct auth *a);
 
 /* ---------------------------------------------------------------- throttle.c */
 
@@ -325,8 +365,15 @@ void session_sasl_step(struct conn *c, struct auth_sasl *sasl, const char *in_b6
     session_auth_cb cb, void *arg);
 void session_check_password(struct conn *c, const char *user, const char *pass,
     session_auth_cb cb, void *arg);
-/* fill ci from the connection (channel binding buffers live in the conn) */
-void session_auth_info(struct conn *c, struct auth_conn_info *ci, const char *service);
+/* What a SASL exchange needs to know about the connection, with the channel
+ * binding data (RFC 9266 tls-exporter, RFC 5929 tls-unique) ci points into. */
+struct session_auth {
+	struct auth_conn_info ci;
+	unsigned char cb_exporter[32];
+	unsigned char cb_unique[64];
+};
+/* (Re)fill from the connection: at start and after STARTTLS */
+void session_auth_refresh(struct conn *c, struct session_auth *sa, const char *service);
 /* Per-user exclusive locks (POP3 maildrop lock, RFC 1939 §8) */
 bool session_lock_user(const char *proto, const char *user);
 void session_unlock_user(const char *proto, const char *user);
@@ -361,6 +408,8 @@ struct server {
 	struct conn_list *conns;     /* all live connections */
 	size_t nconns;
 	struct ip_count *ipcounts;   /* connections per remote IP */
+	struct ip_count *rates;      /* connections per remote IP in the current minute */
+	time_t rate_window;          /* start of that minute */
 	struct user_lock *locks;
 	bool draining;
 	uint64_t next_id;
@@ -372,6 +421,9 @@ extern struct server *server;
 int server_run(struct config *cfg, char *const *overrides, size_t noverrides, bool demo);
 void server_conn_count(const char *ip, int delta);
 int server_conn_count_get(const char *ip);
+/* Counts a new connection from ip; false when server.max_connection_rate_per_ip
+ * (per minute, 0 = no limit) is exceeded. */
+bool server_conn_rate_ok(const char *ip);
 /* When root and server.user is set: hand the data dir (and its tls/, mail/) to
  * that user, then become it (the server after binding; `deliver` before writing). */
 int server_drop_privileges(const struct config *cfg);

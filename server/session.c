@@ -100,14 +100,24 @@ void session_check_password(struct conn *c, const char *user, const char *pass,
 	aio_submit(store_aio(server->store), password_work, job_done, j);
 }
 
-void session_auth_info(struct conn *c, struct auth_conn_info *ci, const char *service)
+void session_auth_refresh(struct conn *c, struct session_auth *sa, const char *service)
 {
+	struct auth_conn_info *ci = &sa->ci;
+	size_t n;
 	memset(ci, 0, sizeof(*ci));
 	ci->tls = io_is_tls(c);
 	ci->loopback = io_remote_loopback(c) && server->cfg->auth.loopback_is_local;
 	ci->remote = io_remote(c);
 	ci->hostname = server->cfg->server.hostname;
 	ci->service = service;
+	if (io_tls_exporter(c, sa->cb_exporter) == 0) {
+		ci->cb_tls_exporter = sa->cb_exporter;
+		ci->cb_tls_exporter_len = sizeof(sa->cb_exporter);
+	}
+	if (io_tls_unique(c, sa->cb_unique, sizeof(sa->cb_unique), &n) == 0) {
+		ci->cb_tls_unique = sa->cb_unique;
+		ci->cb_tls_unique_len = n;
+	}
 }
 
 void session_log_auth(struct conn *c, bool ok, const char *mech, const char *user)

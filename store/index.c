@@ -3,10 +3,11 @@
  * Text, one record per line, every field validated on read:
  *   POSTLING-INDEX 1 <uidvalidity> <uidnext> <highestmodseq>
  *   <uid> <modseq> <flags|-> <size> <internal_date> <n|c> <base>
- * The base name is %XX-escaped ('%', space, control bytes, non-ASCII), so no
- * byte of a file name, which anyone with access to the Maildir may choose,
- * can split or forge a record. The file is only ever replaced whole (tmp,
- * fsync, rename, fsync dir), so a reader sees the old or the new index.
+ * The base name is %XX-escaped ('%', space, control bytes, non-ASCII;
+ * common/record.h), so no byte of a file name, which anyone with access to
+ * the Maildir may choose, can split or forge a record. The file is only ever
+ * replaced whole (maildir_replace_file: tmp, fsync, rename, fsync dir), so a
+ * reader sees the old or the new index.
  *
  * Everything blocks: aio workers and the CLI only. A struct store_index and
  * the base strings in it belong to whoever holds the struct (index_free). */
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include "common/buf.h"
+#include "common/record.h"
 #include "common/util.h"
 #include "common/xmalloc.h"
 
@@ -32,7 +34,6 @@
 #define MODSEQ_MAX ((uint64_t)INT64_MAX)     /* RFC 7162 §7: mod-sequence is 63-bit */
 #define SIZE_MAX_OCTETS ((uint64_t)INT64_MAX)
 #define DATE_MAX 253402300799ULL             /* 9999-12-31T23:59:59Z */
-#define MAX_FIELDS 8
 #define FLUSH_AT (64 * 1024)
 
 /* bit i of MF_* is letter i; the string is in ASCII order as Maildir wants */
@@ -67,117 +68,41 @@ static bool flags_parse(const char *f, size_t len, uint32_t *r)
 	return len > 0;
 }
 
-static bool needs_escape(unsigned char c)
-{
-	return c == '%' || c <= 0x20 || c >= 0x7f;
-}
-
-static void base_escape(struct buf *b, const char *base)
-{
-	for (const unsigned char *c = (const unsigned char *)base; *c != '\0'; c++) {
-		if (needs_escape(*c))
-			buf_printf(b, "%%%02X", *c);
-		else
-			buf_appendc(b, (char)*c);
-	}
-}
-
-static int hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;   /* index_write emits uppercase only */
-}
-
 /* A base as a path component: no '/', no NUL, no ':', not hidden. */
 static bool base_safe(const char *s)
 {
 	return s[0] != '\0' && s[0] != '.' && strpbrk(s, "/:") == NULL;
 }
 
-/* malloc'ed unescaped base, or NULL when the field is not what index_write
- * would have written or names something unsafe. */
+/* How a base is escaped. Writing: no "-" convention (a base is never empty).
+ * Reading: index_read has always taken any %XX but %00 in a base (e.g. "%41"
+ * for "A"; RECORD_ESC_LENIENT) and keeps doing so, since refusing it would
+ * now turn such a hand-edited index into a rebuild with new UIDs. */
+#define BASE_ESC RECORD_ESC_LENIENT
+
+/* malloc'ed unescaped base, or NULL when the field is not an escaped base or
+ * names something unsafe. */
 static char *base_unescape(const char *f, size_t len)
 {
-	char *out = xmalloc(len + 1);
-	size_t n = 0;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char c = (unsigned char)f[i];
-		if (c != '%') {
-			if (needs_escape(c))
-				goto bad;
-			out[n++] = (char)c;
-			continue;
-		}
-		int hi = i + 2 < len ? hexval(f[i + 1]) : -1, lo = i + 2 < len ? hexval(f[i + 2]) : -1;
-		if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
-			goto bad;
-		out[n++] = (char)(hi << 4 | lo);
-		i += 2;
+	char *base = record_unescape(f, len, BASE_ESC);
+	if (base != NULL && !base_safe(base)) {
+		free(base);
+		base = NULL;
 	}
-	out[n] = '\0';
-	if (base_safe(out))
-		return out;
-bad:
-	free(out);
-	return NULL;
+	return base;
 }
 
-/* Decimal without sign or leading zeros, within [min, max]. */
-static bool parse_num(const char *f, size_t len, uint64_t min, uint64_t max, uint64_t *r)
-{
-	uint64_t v = 0;
-	if (len == 0 || len > 20 || (len > 1 && f[0] == '0'))
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		if (f[i] < '0' || f[i] > '9')
-			return false;
-		unsigned d = (unsigned)(f[i] - '0');
-		if (v > (UINT64_MAX - d) / 10)
-			return false;
-		v = v * 10 + d;
-	}
-	*r = v;
-	return v >= min && v <= max;
-}
-
-struct fields {
-	const char *p[MAX_FIELDS];
-	size_t len[MAX_FIELDS];
-	size_t n;
-};
-
-/* Split [p, end) on single spaces; false on an empty field or too many. */
-static bool split(const char *p, const char *end, struct fields *fs)
-{
-	fs->n = 0;
-	for (;;) {
-		const char *sp = memchr(p, ' ', (size_t)(end - p));
-		const char *fe = sp != NULL ? sp : end;
-		if (fe == p || fs->n == MAX_FIELDS)
-			return false;
-		fs->p[fs->n] = p;
-		fs->len[fs->n++] = (size_t)(fe - p);
-		if (sp == NULL)
-			return true;
-		p = sp + 1;
-	}
-}
-
-#define FIELD_NUM(fs, i, min, max, r) parse_num((fs)->p[i], (fs)->len[i], (min), (max), (r))
+#define FIELD_NUM(fs, i, min, max, r) record_num((fs)->p[i], (fs)->len[i], (min), (max), (r))
 
 /* ------------------------------------------------------------ read */
 
 static bool parse_header(const char *p, const char *end, struct store_index *ix)
 {
-	struct fields fs;
+	struct record_fields fs;
 	uint64_t ver, v, next, hms;
 
-	if (!split(p, end, &fs) || fs.n != 5)
-		return false;
-	if (fs.len[0] != strlen(INDEX_MAGIC) || memcmp(fs.p[0], INDEX_MAGIC, fs.len[0]) != 0)
+	if (!record_split(p, (size_t)(end - p), &fs) || fs.n != 5 ||
+	    !record_field_is(fs.p[0], fs.len[0], INDEX_MAGIC))
 		return false;
 	if (!FIELD_NUM(&fs, 1, INDEX_VERSION, INDEX_VERSION, &ver) || !FIELD_NUM(&fs, 2, 1, UINT32_MAX, &v) ||
 	    !FIELD_NUM(&fs, 3, 1, UINT32_MAX, &next) || !FIELD_NUM(&fs, 4, 0, MODSEQ_MAX, &hms))
@@ -192,11 +117,11 @@ static bool parse_header(const char *p, const char *end, struct store_index *ix)
  * not pass highestmodseq: otherwise IMAP clients would see UIDs reused. */
 static bool parse_record(const char *p, const char *end, const struct store_index *ix, struct store_msg *m)
 {
-	struct fields fs;
+	struct record_fields fs;
 	uint64_t uid, modseq, size, date;
 	uint64_t prev = ix->count > 0 ? ix->msgs[ix->count - 1].uid : 0;
 
-	if (!split(p, end, &fs) || fs.n != 7)
+	if (!record_split(p, (size_t)(end - p), &fs) || fs.n != 7)
 		return false;
 	if (!FIELD_NUM(&fs, 0, prev + 1, (uint64_t)ix->uidnext - 1, &uid) ||
 	    !FIELD_NUM(&fs, 1, 1, ix->highestmodseq, &modseq) || !flags_parse(fs.p[2], fs.len[2], &m->flags) ||
@@ -312,8 +237,10 @@ int index_read(const char *folder_path, struct store_index *ix)
 
 /* ------------------------------------------------------------ write */
 
-static int write_records(int fd, const struct store_index *ix)
+/* maildir_file fill: the index as text, in FLUSH_AT pieces. */
+static int write_records(int fd, const void *arg)
 {
+	const struct store_index *ix = arg;
 	struct buf b;
 	char fl[8];
 	int rc = 0;
@@ -327,7 +254,7 @@ static int write_records(int fd, const struct store_index *ix)
 		buf_printf(&b, "%u %llu %s %llu %lld %c ", m->uid, (unsigned long long)m->modseq,
 		    fl[0] != '\0' ? fl : "-", (unsigned long long)m->size, (long long)m->internal_date,
 		    m->in_new ? 'n' : 'c');
-		base_escape(&b, m->base);
+		record_escape(&b, m->base, BASE_ESC);
 		buf_appendc(&b, '\n');
 		if (b.len >= FLUSH_AT) {
 			rc = util_write_all(fd, b.data, b.len);
@@ -337,34 +264,13 @@ static int write_records(int fd, const struct store_index *ix)
 	if (rc == 0)
 		rc = util_write_all(fd, b.data, b.len);
 	buf_free(&b);
-	if (rc == -1 && errno == 0)
-		errno = EIO;
 	return rc;
 }
 
 int index_write(const char *folder_path, const struct store_index *ix)
 {
-	char *tmp = xasprintf("%s/%s.tmp", folder_path, INDEX_NAME);
-	char *dst = xasprintf("%s/%s", folder_path, INDEX_NAME);
-	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	int rc = fd == -1 ? -1 : write_records(fd, ix);
-
-	if (rc == 0)
-		rc = fsync(fd);
-	if (fd != -1 && close(fd) == -1)
-		rc = -1;
-	if (rc == 0)
-		rc = rename(tmp, dst);
-	if (rc == 0)
-		rc = maildir_fsync_dir(folder_path);
-	else if (fd != -1) {
-		int saved = errno;
-		unlink(tmp);
-		errno = saved;
-	}
-	free(tmp);
-	free(dst);
-	return rc;
+	const struct maildir_file f = { .fill = write_records, .fill_arg = ix };
+	return maildir_replace_file(folder_path, INDEX_NAME, &f);
 }
 
 void index_free(struct store_index *ix)
@@ -412,7 +318,7 @@ static uint64_t size_from_name(const char *name, size_t baselen, uint64_t fallba
 		const char *e = memchr(c + 1, ',', rest - 1);
 		size_t len = (e != NULL ? (size_t)(e - c) : rest) - 3;
 		uint64_t v;
-		if (parse_num(c + 3, len, 0, SIZE_MAX_OCTETS, &v))
+		if (record_num(c + 3, len, 0, SIZE_MAX_OCTETS, &v))
 			return v;
 	}
 	return fallback;

@@ -1,4 +1,6 @@
-/* maildir.c: Maildir++ layout, safe address -> path mapping, durable delivery.
+/* maildir.c: Maildir++ layout, safe address -> path mapping, durable delivery,
+ * and the same durability protocol (tmp file, fsync, rename or link, fsync the
+ * directory) for whole files: the folder index and the relay queue's entries.
  *
  * Everything here blocks (mkdir, write, fsync, rename): call it from an aio
  * worker or from the CLI, never from the reactor. No state is shared except
@@ -405,6 +407,84 @@ int maildir_deliver_buf(const char *folder_path, const char *hostname, const cha
     uint64_t *size_r)
 {
 	return maildir_deliver_buf_path(folder_path, hostname, data, len, 0, size_r, NULL);
+}
+
+/* ------------------------------------------------------------ whole files */
+
+static int file_step(const struct maildir_file *f, const char *what)
+{
+	return f->step != NULL ? f->step(what, f->step_arg) : 0;
+}
+
+static void unlink_keep_errno(const char *path)
+{
+	int saved = errno;
+	unlink(path);
+	errno = saved;
+}
+
+/* tmp (oflags: O_TRUNC or O_EXCL) with the content, fsync'ed and closed. On
+ * failure tmp is removed and errno kept. */
+static int file_write_tmp(const char *tmp, int oflags, const struct maildir_file *f)
+{
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_CLOEXEC | oflags, 0600);
+	if (fd == -1)
+		return -1;
+	errno = 0;
+	int rc = file_step(f, "write");
+	if (rc == 0)
+		rc = f->fill != NULL ? f->fill(fd, f->fill_arg) : util_write_all(fd, f->data, f->len);
+	if (rc == -1 && errno == 0)
+		errno = EIO;                 /* write(2) returned 0 */
+	if (rc == 0 && (rc = file_step(f, "fsync")) == 0)
+		rc = fsync(fd);
+	int saved = errno;
+	if (close(fd) == -1 && rc == 0) {
+		rc = -1;
+		saved = errno;
+	}
+	if (rc == -1)
+		unlink(tmp);
+	errno = saved;
+	return rc;
+}
+
+int maildir_replace_file(const char *dir, const char *name, const struct maildir_file *f)
+{
+	char *tmp = xasprintf("%s/%s.tmp", dir, name);
+	char *dst = xasprintf("%s/%s", dir, name);
+	int rc = file_write_tmp(tmp, O_TRUNC, f);
+	if (rc == 0 && ((rc = file_step(f, "rename")) == -1 || (rc = rename(tmp, dst)) == -1))
+		unlink_keep_errno(tmp);
+	if (rc == 0 && (rc = file_step(f, "fsync-dir")) == 0)
+		rc = maildir_fsync_dir(dir);
+	free(tmp);
+	free(dst);
+	return rc;
+}
+
+/* link + unlink rather than rename, so that an existing name is never
+ * clobbered (EEXIST). */
+int maildir_create_file(const char *dir, const char *name, const struct maildir_file *f)
+{
+	char *tmp = xasprintf("%s/%s.tmp", dir, name);
+	char *dst = xasprintf("%s/%s", dir, name);
+	int rc = file_write_tmp(tmp, O_EXCL, f);
+	if (rc == 0) {
+		if ((rc = file_step(f, "link")) == 0)
+			rc = link(tmp, dst);
+		unlink_keep_errno(tmp);
+	}
+	if (rc == 0 && ((rc = file_step(f, "fsync-dir")) == -1 || (rc = maildir_fsync_dir(dir)) == -1)) {
+		/* made, but maybe not durable: take it back so -1 leaves nothing */
+		int saved = errno;
+		unlink(dst);
+		maildir_fsync_dir(dir);
+		errno = saved;
+	}
+	free(tmp);
+	free(dst);
+	return rc;
 }
 
 /* ------------------------------------------------------------ tmp/ cleanup */

@@ -411,14 +411,24 @@ static void file_destroy(struct store_file *f)
 	free(f);
 }
 
-static int open_msg(const char *folder, const struct store_msg *m)
+/* malloc'ed full path of m's file in folder, found by base whatever its
+ * flags are now; NULL with errno (ENOENT: no such file) from index_msg_path. */
+static char *msg_file(const char *folder, const struct store_msg *m)
 {
 	char *rel = index_msg_path(folder, m);
 	if (rel == NULL)
-		return -1;
+		return NULL;
 	char *full = xasprintf("%s/%s", folder, rel);
-	int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	free(rel);
+	return full;
+}
+
+static int open_msg(const char *folder, const struct store_msg *m)
+{
+	char *full = msg_file(folder, m);
+	if (full == NULL)
+		return -1;
+	int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	free(full);
 	return fd;
 }
@@ -549,12 +559,10 @@ void store_file_close(struct store_file **f_r)
 /* ENOENT counts as removed: another session or client got there first. */
 static int unlink_msg(const char *folder, const struct store_msg *m)
 {
-	char *rel = index_msg_path(folder, m);
-	if (rel == NULL)
+	char *full = msg_file(folder, m);
+	if (full == NULL)
 		return errno == ENOENT ? 0 : -1;
-	char *full = xasprintf("%s/%s", folder, rel);
 	int rc = unlink(full) == -1 && errno != ENOENT ? -1 : 0;
-	free(rel);
 	free(full);
 	return rc;
 }

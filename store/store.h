@@ -84,6 +84,29 @@ int maildir_clean_tmp(const char *folder_path);
 /* fsync a directory so the names made or removed in it are durable */
 int maildir_fsync_dir(const char *dir_path);
 
+/* A whole small file for maildir_replace_file / maildir_create_file (blocking;
+ * the folder index, relay queue entries). */
+struct maildir_file {
+	const char *data;            /* the content, data[0..len), when fill is NULL */
+	size_t len;
+	int (*fill)(int fd, const void *arg);    /* else writes it: 0, or -1 with errno */
+	const void *fill_arg;
+	/* NULL, or called before each step ("write", "fsync", "rename" or "link",
+	 * "fsync-dir"): 0 to go on, or -1 with errno to fail that step (tests). */
+	int (*step)(const char *what, const void *arg);
+	const void *step_arg;
+};
+/* Atomic durable replacement of <dir>/<name>: <name>.tmp (0600, truncated),
+ * content, fsync, rename over <name>, fsync dir. On -1 before the rename the
+ * old file is intact and the .tmp gone; -1 from the final directory fsync means
+ * the new file is in place but may not survive a crash. */
+int maildir_replace_file(const char *dir, const char *name, const struct maildir_file *f);
+/* Durable creation of <dir>/<name>, never replacing one (EEXIST): <name>.tmp
+ * (0600, O_EXCL), content, fsync, link to <name>, unlink the .tmp, fsync dir.
+ * -1 with errno and nothing of this call left (a name made before a failing
+ * directory fsync is unlinked again). */
+int maildir_create_file(const char *dir, const char *name, const struct maildir_file *f);
+
 /* ---------------------------------------------------------------- index.c */
 
 /* One message as the index knows it. */

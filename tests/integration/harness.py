@@ -443,6 +443,42 @@ class Server:
                 out += [os.path.join(d, f) for f in os.listdir(d) if not f.startswith(".")]
         return sorted(out, key=os.path.basename)
 
+    def tmp_files(self, user=None):
+        """Files in the tmp/ dirs of one user's Maildir folders (or of every Maildir)."""
+        root = self.maildir(user) if user else os.path.join(self.data_dir, "mail")
+        out = []
+        for d, _dirs, files in os.walk(root):
+            if os.path.basename(d) == "tmp":
+                out += [os.path.join(d, f) for f in files]
+        return sorted(out)
+
+    def mail_files(self):
+        """Every message file under mail/ outside tmp/ (new/ and cur/ of all folders)."""
+        out = []
+        for d, _dirs, files in os.walk(os.path.join(self.data_dir, "mail")):
+            if os.path.basename(d) in ("new", "cur"):
+                out += [os.path.join(d, f) for f in files]
+        return sorted(out)
+
+    @property
+    def queue_dir(self):
+        return os.path.join(self.data_dir, "queue")
+
+    def queue_files(self):
+        """Names of all files in the relay queue dir (empty list when it does not exist)."""
+        try:
+            return sorted(os.listdir(self.queue_dir))
+        except FileNotFoundError:
+            return []
+
+    def queue_entry(self, qid):
+        """(envelope text, message bytes) of queue entry qid."""
+        with open(os.path.join(self.queue_dir, qid + ".env"), "rb") as f:
+            env = f.read().decode()
+        with open(os.path.join(self.queue_dir, qid + ".msg"), "rb") as f:
+            msg = f.read()
+        return env, msg
+
     def deliver(self, user, data, check=True):
         p = subprocess.run([self.bin, "deliver", "-c", self.config_path, user], input=data,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env(),
@@ -667,6 +703,102 @@ class Pop3Conn:
         self.close()
 
 
+# ---------------------------------------------------------------- SMTP client
+
+SMTP_REPLY_RE = re.compile(r"^(\d{3})([ -])(.*)$", re.S)
+
+
+class SmtpConn(Pop3Conn):
+    """Raw SMTP client (the line I/O of Pop3Conn): exact reply lines, pipelining
+    in one write, STARTTLS with a check that nothing was buffered before TLS.
+
+    A reply is returned as one string, its lines joined by "\n" with their codes,
+    e.g. "250 2.1.0 Ok" or "250-test.example Hello ...\n250-PIPELINING\n...\n250 HELP".
+    """
+
+    @classmethod
+    def connect(cls, srv, proto="smtp", host="127.0.0.1", source=None, tls=None,
+                timeout=IO_TIMEOUT, read_greeting=True):
+        if tls is None:
+            tls = proto == "submissions"
+        c = super().connect(srv, proto, host=host, source=source, tls=tls, timeout=timeout,
+                            read_greeting=False)
+        if read_greeting:
+            c.greeting = c.reply()
+        return c
+
+    def reply(self):
+        """One complete (possibly multi-line) reply; checks the RFC 5321 §4.2 syntax."""
+        lines = []
+        while True:
+            line = self.readline()
+            m = SMTP_REPLY_RE.match(line)
+            if not m:
+                raise AssertionError(f"malformed SMTP reply line {line!r} (after {lines!r})")
+            if lines and m.group(1) != lines[0][:3]:
+                raise AssertionError(f"reply code changed inside a multi-line reply: {lines + [line]!r}")
+            lines.append(line)
+            if m.group(2) == " ":
+                return "\n".join(lines)
+
+    def replies(self, n):
+        return [self.reply() for _ in range(n)]
+
+    def cmd(self, line):
+        self.sendline(line)
+        return self.reply()
+
+    def ehlo(self, name="client.example"):
+        """EHLO; returns the keyword lines (upper-cased first word kept as sent)."""
+        r = self.cmd(f"EHLO {name}")
+        lines = r.split("\n")
+        if not lines[0].startswith("250"):
+            raise AssertionError(f"EHLO {name}: {r!r}")
+        self.ehlo_lines = [l[4:] for l in lines[1:]]
+        return self.ehlo_lines
+
+    def starttls(self, ctx=None):
+        r = self.cmd("STARTTLS")
+        if r != "220 2.0.0 Ready to start TLS":
+            raise AssertionError(f"STARTTLS: {r!r}")
+        if self.buf:
+            raise AssertionError(f"data after the STARTTLS reply before TLS: {self.buf!r}")
+        self.sock = (ctx or Server.ssl_context()).wrap_socket(self.sock)
+        return r
+
+    def auth_plain(self, user, password, authzid=""):
+        return self.cmd("AUTH PLAIN " + b64(f"{authzid}\0{user}\0{password}"))
+
+    def login(self, user, password):
+        r = self.auth_plain(user, password)
+        if r != "235 2.7.0 Authentication successful":
+            raise AssertionError(f"AUTH PLAIN as {user}: {r!r}")
+        return r
+
+    def transaction(self, sender, rcpts, data, dot_stuff=True):
+        """MAIL, RCPTs, DATA, content (CRLF; dot-stuffed here unless dot_stuff is
+        False), final dot, pipelined in two writes. Returns [mail, rcpt..., data, final]
+        (final is None when DATA was refused)."""
+        out = f"MAIL FROM:<{sender}>\r\n" + "".join(f"RCPT TO:<{r}>\r\n" for r in rcpts) + "DATA\r\n"
+        self.send(out)
+        rs = self.replies(len(rcpts) + 2)
+        if not rs[-1].startswith("354"):
+            return rs + [None]
+        if dot_stuff:
+            data = re.sub(rb"(?m)^\.", b"..", data)
+        if not data.endswith(b"\r\n") and data:
+            data += b"\r\n"
+        self.send(data + b".\r\n")
+        return rs + [self.reply()]
+
+    def quit(self):
+        r = self.cmd("QUIT")
+        rest = self.read_until_close()
+        if rest:
+            raise AssertionError(f"data after the QUIT reply: {rest!r}")
+        return r
+
+
 def b64(s):
     if isinstance(s, str):
         s = s.encode()
@@ -727,5 +859,10 @@ class ServerTestCase(unittest.TestCase):
 
     def conn(self, proto="pop3", **kw):
         c = Pop3Conn.connect(self.srv, proto, **kw)
+        self._conns.append(c)
+        return c
+
+    def smtp(self, proto="smtp", **kw):
+        c = SmtpConn.connect(self.srv, proto, **kw)
         self._conns.append(c)
         return c

@@ -1,7 +1,7 @@
 /* test_auth.c: accounts, password and APOP checks, SASL exchanges run in
  * process against a libgsasl client, mechanism offering rules, recipient and
  * envelope-sender resolution, and the failed-login throttle (server/auth.c,
- * server/throttle.c). */
+ * server/recipient.c, server/throttle.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -721,6 +721,7 @@ static const char *const m_noplus[] = { "PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD
 	"SCRAM-SHA-256", NULL };
 static const char *const m_plus[] = { "PLAIN", "LOGIN", "CRAM-MD5", "DIGEST-MD5", "SCRAM-SHA-1",
 	"SCRAM-SHA-1-PLUS", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", NULL };
+static const char *const m_simple[] = { "PLAIN", "LOGIN", NULL };
 
 static void test_no_mechanisms_without_tls(void **state)
 {
@@ -761,11 +762,94 @@ static void test_allow_plaintext_offers_without_tls(void **state)
 	user_set(&u, "yes@example.org", yes_hash, "", "", "", no_aliases);
 	struct auth *a = new_auth(&u, 1, true, NULL, err, sizeof(err));
 	assert_non_null(a);
-	assert_mechs(auth_mechanisms(a, &ci_plain), m_noplus);
+	assert_mechs(auth_mechanisms(a, &ci_plain), m_simple);    /* no secret, no keys: see below */
 	struct xres x = run_sasl(a, "PLAIN", &ci_plain, &c_yes, true);
 	assert_int_equal(x.r, AUTH_OK);
 	auth_unref(&a);
 	assert_null(a);
+}
+
+/* Design §4: a mechanism is offered (and allowed) only when some account of
+ * the snapshot has the credentials it needs. */
+static struct auth *one_account(char *secret, char *s1, char *s256)
+{
+	struct cfg_user u[2];
+	char err[256] = "";
+	user_set(&u[0], "yes@example.org", yes_hash, "", "", "", no_aliases);
+	user_set(&u[1], "other@example.org", "", secret, s1, s256, no_aliases);
+	struct auth *a = new_auth(u, 2, false, NULL, err, sizeof(err));
+	if (a == NULL)
+		fail_msg("%s", err);
+	return a;
+}
+
+static void assert_offers(struct auth *a, const char *const *noplus, const char *const *plus)
+{
+	struct auth_conn_info tls_cb = ci_cb(exporter, 32, NULL, 0);
+	assert_mechs(auth_mechanisms(a, &ci_tls), noplus);
+	assert_mechs(auth_mechanisms(a, &tls_cb), plus);
+	for (size_t i = 0; mechs_all[i] != NULL; i++) {
+		bool offered = false;
+		for (size_t j = 0; plus[j] != NULL; j++)
+			offered |= strcmp(plus[j], mechs_all[i]) == 0;
+		assert_int_equal(auth_mech_allowed(a, mechs_all[i], &tls_cb), offered);
+		enum auth_result r = AUTH_OK;
+		struct auth_sasl *s = auth_sasl_start(a, mechs_all[i], &tls_cb, &r);
+		assert_int_equal(s != NULL, offered);
+		assert_int_equal(r, offered ? AUTH_CONTINUE : AUTH_BADPROTO);
+		auth_sasl_free(&s);
+	}
+	auth_unref(&a);
+}
+
+static void test_no_secret_no_keys_offers_plain_and_login_only(void **state)
+{
+	assert_offers(one_account("", "", ""), m_simple, m_simple);
+}
+
+static void test_no_accounts_offers_plain_and_login_only(void **state)
+{
+	char err[256] = "";
+	struct auth *a = new_auth(NULL, 0, false, NULL, err, sizeof(err));
+	assert_non_null(a);
+	assert_offers(a, m_simple, m_simple);
+}
+
+static void test_one_secret_offers_cram_digest_and_scram(void **state)
+{
+	assert_offers(one_account("s3cret", "", ""), m_noplus, m_plus);
+}
+
+static void test_sha256_keys_offer_scram_sha256_only(void **state)
+{
+	static const char *const noplus[] = { "PLAIN", "LOGIN", "SCRAM-SHA-256", NULL };
+	static const char *const plus[] = { "PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", NULL };
+	assert_offers(one_account("", "", keys_sha256), noplus, plus);
+}
+
+static void test_sha1_keys_offer_scram_sha1_only(void **state)
+{
+	static const char *const noplus[] = { "PLAIN", "LOGIN", "SCRAM-SHA-1", NULL };
+	static const char *const plus[] = { "PLAIN", "LOGIN", "SCRAM-SHA-1", "SCRAM-SHA-1-PLUS", NULL };
+	assert_offers(one_account("", keys_sha1, ""), noplus, plus);
+}
+
+/* the rule looks at every account of the snapshot, the users file's too */
+static void test_secret_in_users_file_counts(void **state)
+{
+	char path[] = "/tmp/test_auth_mechsXXXXXX";
+	int fd = mkstemp(path);
+	assert_true(fd >= 0);
+	const char *yaml = "users:\n  - { address: file@example.org, secret: s3cret }\n";
+	assert_int_equal(util_write_all(fd, yaml, strlen(yaml)), 0);
+	close(fd);
+	struct cfg_user u;
+	char err[256] = "";
+	user_set(&u, "yes@example.org", yes_hash, "", "", "", no_aliases);
+	struct auth *a = new_auth(&u, 1, false, path, err, sizeof(err));
+	unlink(path);
+	assert_non_null(a);
+	assert_offers(a, m_noplus, m_plus);
 }
 
 /* ---------------------------------------------------------------- snapshot building */
@@ -1287,6 +1371,12 @@ int main(void)
 		cmocka_unit_test(test_no_mechanisms_without_tls),
 		cmocka_unit_test(test_mechanisms_on_tls_loopback_and_plaintext),
 		cmocka_unit_test(test_allow_plaintext_offers_without_tls),
+		cmocka_unit_test(test_no_secret_no_keys_offers_plain_and_login_only),
+		cmocka_unit_test(test_no_accounts_offers_plain_and_login_only),
+		cmocka_unit_test(test_one_secret_offers_cram_digest_and_scram),
+		cmocka_unit_test(test_sha256_keys_offer_scram_sha256_only),
+		cmocka_unit_test(test_sha1_keys_offer_scram_sha1_only),
+		cmocka_unit_test(test_secret_in_users_file_counts),
 		cmocka_unit_test(test_duplicate_address_or_alias_rejected),
 		cmocka_unit_test(test_bad_scram_keys_rejected),
 		cmocka_unit_test(test_users_file_adds_accounts),

@@ -1,5 +1,6 @@
-/* test_config.c: server/config.c (design §7, §8): defaults, typing, exact
- * "file:line:column: message" errors, -o overrides, the users file. */
+/* test_config.c: server/config.c and server/config_override.c (design §7, §8):
+ * defaults, typing, exact "file:line:column: message" errors, -o overrides, the
+ * users file. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -451,6 +452,65 @@ static void test_duplicate_user_address(void **state)
 	    "t.yaml:5:41: duplicate address 'a@example.org' (already used by user 'a@example.org')");
 }
 
+static void test_catch_all_alias_accepted_and_its_domain_checked(void **state)
+{
+	char e[256] = "";
+	struct config *cfg = load(POP3 "users:\n  - { address: a@example.org,\n"
+	    "      aliases: [\"@Catch.Example\", Postmaster@example.org] }\n");
+	if (cfg == NULL)
+		fail_msg("%s", err);
+	assert_int_equal(cfg->users[0].naliases, 2);
+	assert_string_equal(cfg->users[0].aliases[0], "@catch.example");
+	assert_string_equal(cfg->users[0].aliases[1], "postmaster@example.org");
+	struct auth *a = auth_new(cfg, e, sizeof(e));    /* and the snapshot takes it as the catch-all */
+	if (a == NULL)
+		fail_msg("%s", e);
+	const struct account *acct = NULL;
+	assert_int_equal(auth_lookup_recipient(a, "anyone", "catch.example", &acct), AUTH_RCPT_LOCAL);
+	assert_string_equal(acct->address, "a@example.org");
+	auth_unref(&a);
+	cfg_free(&cfg);
+	expect_error(POP3 "users:\n  - { address: a@y, aliases: [\"@x/z\"] }\n",
+	    "t.yaml:4:31: bad catch-all alias '@x/z': contains a slash");
+	expect_error(POP3 "users:\n  - { address: a@y, aliases: [\"@..x\"] }\n",
+	    "t.yaml:4:31: bad catch-all alias '@..x': starts with '.'");
+	expect_error(POP3 "users:\n  - { address: a@y, aliases: [\"@\"] }\n",
+	    "t.yaml:4:31: bad catch-all alias '@': empty local part or domain");
+	expect_error(POP3 "users:\n  - { address: a@y, aliases: [\"@a@b\"] }\n",
+	    "t.yaml:4:31: bad catch-all alias '@a@b': contains '@'");
+	/* an account address is never "@domain"; one catch-all per domain */
+	expect_error(POP3 "users:\n  - address: \"@y\"\n", "t.yaml:4:14: bad address '@y': empty local part or domain");
+	expect_error(POP3 "users:\n  - { address: a@y, aliases: [\"@c.example\"] }\n"
+	    "  - { address: b@y, aliases: [\"@C.example\"] }\n",
+	    "t.yaml:5:31: duplicate address '@c.example' (already used by user 'a@y')");
+	/* YAML reserves '@': unquoted, the parser stops with a hint */
+	expect_error(POP3 "users:\n  - { address: a@y, aliases: [@c.example] }\n",
+	    "t.yaml:4:31: a value starting with '@' must be quoted (YAML reserves '@' and '`'), "
+	    "e.g. \"@example.org\"");
+}
+
+static void test_catch_all_alias_in_users_file(void **state)
+{
+	char path[PATH_MAX], want[PATH_MAX + 128];
+	char *al[] = { "@catch.example", NULL };
+	struct cfg_user in = { "a@example.org", "", "", "", "", al, 1, 0 }, *out = NULL;
+	size_t n = 0;
+	write_temp(path, "");
+	assert_int_equal(cfg_save_users_file(path, &in, 1, err, sizeof(err)), 0);
+	if (cfg_load_users_file(path, &out, &n, err, sizeof(err)) == -1)
+		fail_msg("%s", err);
+	assert_int_equal(n, 1);
+	assert_int_equal(out[0].naliases, 1);
+	assert_string_equal(out[0].aliases[0], "@catch.example");
+	cfg_users_free(&out, n);
+	unlink(path);
+	write_temp(path, "users:\n  - address: a@example.org\n    aliases: [\"@bad/domain\"]\n");
+	snprintf(want, sizeof(want), "%s:3:15: bad catch-all alias '@bad/domain': contains a slash", path);
+	assert_int_equal(cfg_load_users_file(path, &out, &n, err, sizeof(err)), -1);
+	assert_string_equal(err, want);
+	unlink(path);
+}
+
 static void test_user_without_address(void **state)
 {
 	expect_error(POP3 "users:\n  - password: x\n", "t.yaml:4:5: missing required key 'address'");
@@ -652,6 +712,8 @@ int main(void)
 		cmocka_unit_test(test_implicit_tls_needs_a_certificate),
 		cmocka_unit_test(test_unsafe_addresses_rejected),
 		cmocka_unit_test(test_duplicate_user_address),
+		cmocka_unit_test(test_catch_all_alias_accepted_and_its_domain_checked),
+		cmocka_unit_test(test_catch_all_alias_in_users_file),
 		cmocka_unit_test(test_user_without_address),
 		cmocka_unit_test(test_bad_scram_keys),
 		cmocka_unit_test(test_users_file_round_trip),
