@@ -644,8 +644,9 @@ static void put_status_rcpt(struct dsn *d, const struct queue_rcpt *r)
 		free(cl);
 		free(v);
 	}
+	/* only for a recipient tried at least once (RFC 3464 §2.3.7) */
 	time_t last = r->updated != 0 ? r->updated : d->env->last_attempt;
-	if (last != 0 && (r->attempts != 0 || d->env->attempts != 0)) {
+	if (last != 0 && r->attempts != 0) {
 		fmt_date(last, date);
 		buf_printf(b, "Last-Attempt-Date: %s\r\n", date);
 	}

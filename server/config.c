@@ -728,6 +728,7 @@ static const struct key server_keys[] = {
 	K("user", key_str, OFF(server.user)),
 	K("max_connections", key_int, OFF(server.max_connections), .min = 1, .max = 1000000),
 	K("max_connections_per_ip", key_int, OFF(server.max_connections_per_ip), .min = 1, .max = 1000000),
+	K("max_connection_rate_per_ip", key_int, OFF(server.max_connection_rate_per_ip), .min = 0, .max = 1000000),
 	K("shutdown_timeout", key_dur_int, OFF(server.shutdown_timeout), .min = 0, .max = 3600),
 	{ .name = NULL },
 };

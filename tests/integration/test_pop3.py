@@ -1289,6 +1289,27 @@ class Limits(ServerTestCase):
             return None
 
 
+class RateLimit(ServerTestCase):
+    server_kwargs = {"users": {"rate@example.org": PW},
+                     "config": {"server": {"max_connection_rate_per_ip": 5}}}
+
+    def test_sixth_connection_in_a_minute_refused_other_ips_unaffected(self):
+        for _ in range(5):
+            c = self.conn(source="127.0.0.60")
+            self.assertRegex(c.greeting, GREETING_RE)
+            c.close()
+        try:
+            extra = self.conn(source="127.0.0.60")
+            data = extra.greeting.encode() + b"\r\n" + extra.read_until_close(5)
+            self.assertTrue(data.startswith(b"-ERR [SYS/TEMP]"), f"6th connection in a minute got {data!r}")
+        except (ConnectionClosed, ConnectionResetError):
+            pass
+        self.assertTrue(self.srv.find_log("conn.refused", remote="127.0.0.60",
+                                          reason="max_connection_rate_per_ip reached"))
+        other = self.conn(source="127.0.0.61")
+        self.assertRegex(other.greeting, GREETING_RE)
+
+
 class Reload(ServerTestCase):
     server_kwargs = {"users_file": {"old@example.org": PW}}
     _ip = 100

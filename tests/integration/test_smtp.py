@@ -9,7 +9,6 @@ import os
 import re
 import smtplib
 import socket
-import ssl
 import time
 import unittest
 

@@ -255,7 +255,6 @@ class Interop(unittest.TestCase):
     @unittest.skipIf(MSMTP is None, "msmtp is not installed")
     def test_msmtp_foreign_sender_is_refused(self):
         user = "ix11@example.org"
-        rc = os.path.join(self.home, "msmtprc")
         with self.assertRaises(AssertionError) as cm:
             self.msmtp(user, message("msmtp foreign", sender="ix1@example.org"), sender="ix1@example.org")
         self.assertIn("553 5.7.1 Sender address <ix1@example.org> not owned by user sender@example.org",
