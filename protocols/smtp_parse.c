@@ -487,6 +487,26 @@ static const struct verb_def *find_verb(const char *s, size_t n)
 	return NULL;
 }
 
+/* A control byte in the line: in a MAIL or RCPT argument it makes the address
+ * malformed (501 5.1.7 / 5.1.3), anywhere else the command (500 5.5.2). */
+static enum smtp_parse_result control_result(const char *line, size_t len, struct smtp_cmd *cmd)
+{
+	size_t i = 0;
+	while (i < len && line[i] != ' ' && line[i] != ':' && (unsigned char)line[i] >= 0x20)
+		i++;
+	const struct verb_def *v = find_verb(line, i);
+	if (v == NULL || i == len || (unsigned char)line[i] < 0x20)
+		return SMTP_E_CONTROL;
+	cmd->verb = v->verb;
+	cmd->name = v->name;
+	cmd->addr_err = MAILADDR_E_CONTROL;
+	if (v->verb == SMTP_VERB_MAIL)
+		return SMTP_E_BAD_SENDER;
+	if (v->verb == SMTP_VERB_RCPT)
+		return SMTP_E_BAD_RECIPIENT;
+	return SMTP_E_CONTROL;
+}
+
 enum smtp_parse_result smtp_parse_command(const char *line, size_t len, struct smtp_cmd *cmd)
 {
 	memset(cmd, 0, offsetof(struct smtp_cmd, argbuf));
@@ -495,7 +515,7 @@ enum smtp_parse_result smtp_parse_command(const char *line, size_t len, struct s
 		return SMTP_E_TOO_LONG;
 	for (size_t i = 0; i < len; i++)      /* CR/LF here would be smuggling */
 		if ((unsigned char)line[i] < 0x20 || line[i] == 0x7f)
-			return SMTP_E_CONTROL;
+			return control_result(line, len, cmd);
 	while (len > 0 && line[len - 1] == ' ')
 		len--;
 	if (len == 0)

@@ -71,29 +71,31 @@ static bool is_digit(char c)
  * fails the continuation test, so p may be any NUL-terminated string. */
 static size_t utf8_len(const unsigned char *p, uint32_t *cp_r)
 {
-	size_t n;
-	uint32_t cp, min;
+	/* by lead octet: 110xxxxx, 1110xxxx, 11110xxx */
+	static const struct { unsigned char mask, lead, bits; size_t n; uint32_t min; } forms[] = {
+		{ 0xe0, 0xc0, 0x1f, 2, 0x80 },
+		{ 0xf0, 0xe0, 0x0f, 3, 0x800 },
+		{ 0xf8, 0xf0, 0x07, 4, 0x10000 },
+	};
 	if (p[0] < 0x80) {
 		*cp_r = p[0];
 		return 1;
 	}
-	if ((p[0] & 0xe0) == 0xc0)
-		n = 2, cp = p[0] & 0x1fu, min = 0x80;
-	else if ((p[0] & 0xf0) == 0xe0)
-		n = 3, cp = p[0] & 0x0fu, min = 0x800;
-	else if ((p[0] & 0xf8) == 0xf0)
-		n = 4, cp = p[0] & 0x07u, min = 0x10000;
-	else
-		return 0;
-	for (size_t i = 1; i < n; i++) {
-		if ((p[i] & 0xc0) != 0x80)
+	for (size_t f = 0; f < NELEM(forms); f++) {
+		if ((p[0] & forms[f].mask) != forms[f].lead)
+			continue;
+		uint32_t cp = p[0] & forms[f].bits;
+		for (size_t i = 1; i < forms[f].n; i++) {
+			if ((p[i] & 0xc0) != 0x80)
+				return 0;
+			cp = cp << 6 | (p[i] & 0x3fu);
+		}
+		if (cp < forms[f].min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
 			return 0;
-		cp = cp << 6 | (p[i] & 0x3fu);
+		*cp_r = cp;
+		return forms[f].n;
 	}
-	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	*cp_r = cp;
-	return n;
+	return 0;
 }
 
 static bool utf8_valid(const char *s)
@@ -126,10 +128,12 @@ static char *clean(const char *s, bool utf8)
 	uint32_t cp;
 	for (size_t i = 0; o[i] != '\0';) {
 		size_t n = o[i] >= 0x80 && utf8 ? utf8_len(o + i, &cp) : 1;
-		if (o[i] < 0x20 || o[i] == 0x7f)
+		if (o[i] < 0x20 || o[i] == 0x7f) {
 			o[i] = ' ';
-		else if (o[i] >= 0x80 && n <= 1)
-			o[i] = '?', n = 1;
+		} else if (o[i] >= 0x80 && n <= 1) {
+			o[i] = '?';
+			n = 1;
+		}
 		i += n;
 	}
 	return out;
@@ -211,8 +215,10 @@ static void fmt_date(time_t t, char out[DATE_SIZE])
 	static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul",
 		"Aug", "Sep", "Oct", "Nov", "Dec" };
 	struct tm tm;
-	if (gmtime_r(&t, &tm) == NULL || tm.tm_year > 9999 - 1900 || tm.tm_year < 0)
-		memset(&tm, 0, sizeof(tm)), tm.tm_year = 70, tm.tm_mday = 1, tm.tm_wday = 4;
+	if (gmtime_r(&t, &tm) == NULL || tm.tm_year > 9999 - 1900 || tm.tm_year < 0) {
+		time_t epoch = 0;        /* out of RFC 5322's range: never a broken field */
+		gmtime_r(&epoch, &tm);
+	}
 	snprintf(out, DATE_SIZE, "%s, %d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday % 7],
 	    tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
 	    tm.tm_sec);
@@ -279,8 +285,10 @@ static char *join_reply(const char *reply)
 			memcpy(code, line, 3);
 			const char *e = line + (line[3] != '\0' ? 4 : 3);
 			size_t en = enh_len(e);
-			if (en > 0 && en < sizeof(enh))
-				memcpy(enh, e, en), enh[en] = '\0';
+			if (en > 0 && en < sizeof(enh)) {
+				memcpy(enh, e, en);
+				enh[en] = '\0';
+			}
 			buf_printf(&b, "%s %s", code, e);
 		} else if (line[0] != '\0') {
 			buf_printf(&b, "%s%s", b.len > 0 ? " " : "", t != NULL ? t : line);
@@ -330,8 +338,10 @@ static void put_utf8_addr(struct buf *b, const char *s, bool unitext)
 	uint32_t cp;
 	while (*p != '\0') {
 		size_t n = utf8_len(p, &cp);
-		if (n == 0)
-			n = 1, cp = *p;
+		if (n == 0) {             /* not UTF-8: the octet stands for itself */
+			n = 1;
+			cp = *p;
+		}
 		if (cp > 0x20 && cp < 0x7f && cp != '+' && cp != '=' && cp != '\\')
 			buf_appendc(b, (char)cp);
 		else if (cp >= 0x80 && unitext && n > 1)
@@ -609,6 +619,9 @@ static void put_text(struct dsn *d)
 		    "returned; its headers are attached.\r\n");
 	else if (d->orig == ORIG_HEADERS)
 		buf_appends(b, "The headers of the original message are attached.\r\n");
+	else if (p->msg != NULL && p->msg_len > 0)
+		buf_appends(b, "The original message is too large or not in a form that can be\r\n"
+		    "returned; it is not attached.\r\n");
 }
 
 /* ------------------------------------------------------------ part 2 */

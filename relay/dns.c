@@ -637,6 +637,18 @@ static void sub_done(struct dns_sub *s, enum dns_status st, const char *why)
 		event_active(r->ev, 0, 0);
 }
 
+/* Why a message the parser turned down failed: its RCODE (RFC 1035 §4.1.1)
+ * when that is the reason, for the log. */
+static const char *answer_why(const uint8_t *pkt, size_t len)
+{
+	static const char *const rcodes[] = { "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN",
+		"NOTIMP", "REFUSED" };
+	unsigned rc = len >= HDR_LEN ? pkt[3] & 0x0fu : 0;
+	if (rc != RCODE_NOERROR && rc != RCODE_NXDOMAIN)
+		return rc < sizeof(rcodes) / sizeof(rcodes[0]) ? rcodes[rc] : "error RCODE";
+	return "malformed or unusable answer";
+}
+
 /* libunbound's callback (ub_event_callback_type). rcode is SERVFAIL and the
  * like when no answer came; an NXDOMAIN answer comes as a message. */
 static void sub_answer(void *arg, int rcode, void *pkt, int len, int sec, char *why_bogus,
@@ -656,7 +668,7 @@ static void sub_answer(void *arg, int rcode, void *pkt, int len, int sec, char *
 		enum dns_status st = r->kind == REQ_MX ?
 		    dns_mx_parse(pkt, (size_t)len, r->name, &r->mx) :
 		    dns_addr_parse(pkt, (size_t)len, r->name, s->qtype, &s->addrs);
-		sub_done(s, st, "malformed or unusable answer");
+		sub_done(s, st, answer_why(pkt, (size_t)len));
 	}
 }
 
@@ -696,13 +708,14 @@ static void req_free(struct dns_req *r)
 static enum dns_status addr_status(struct dns_req *r, struct dns_addr_list **list_r)
 {
 	struct dns_sub *v6 = &r->sub[0], *v4 = &r->sub[1];
-	if (v6->addrs != NULL || v4->addrs != NULL) {
-		for (size_t i = 0; i < 2; i++) {
-			struct dns_addr_list *f = r->sub[i].addrs;
-			if (f != NULL)
-				addr_append(list_r, f->addrs, f->n, f->canon);
-		}
-		(*list_r)->secure = v6->secure && v4->secure;
+	struct dns_addr_list *l = NULL;
+	if (v6->addrs != NULL)
+		addr_append(&l, v6->addrs->addrs, v6->addrs->n, v6->addrs->canon);
+	if (v4->addrs != NULL)
+		addr_append(&l, v4->addrs->addrs, v4->addrs->n, v4->addrs->canon);
+	if (l != NULL) {
+		l->secure = v6->secure && v4->secure;
+		*list_r = l;
 		return DNS_OK;
 	}
 	if (v6->status == DNS_TEMPFAIL || v4->status == DNS_TEMPFAIL)

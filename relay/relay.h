@@ -225,7 +225,7 @@ struct dns_addr_list {
 	size_t n;
 	char *canon;                  /* owned: owner of the addresses after CNAMEs
 	                                 (RFC 1034 §3.6.2), == the name asked when none */
-	bool secure;                  /* every answer used DNSSEC-validated (RFC 7672 §2.2.2) */
+	bool secure;                  /* both answers DNSSEC-validated (RFC 7672 §2.2) */
 };
 
 typedef void (*dns_mx_cb)(void *arg, enum dns_status status, struct dns_mx_list *list);
@@ -275,5 +275,98 @@ enum dns_status dns_mx_parse(const void *pkt, size_t len, const char *domain,
     struct dns_mx_list **list_r);
 enum dns_status dns_addr_parse(const void *pkt, size_t len, const char *host, int qtype,
     struct dns_addr_list **list_r);
+
+/* --------------------------------------------------------------- bounce.c */
+
+/* Delivery status notifications: RFC 3464 delivery-status inside an RFC 6522
+ * (formerly RFC 3462) multipart/report. Pure: the caller reads the original
+ * from the queue and queues the result like any mail, with the null
+ * reverse-path (RFC 5321 §4.5.5) so a DSN is never answered by another, one
+ * recipient (env->sender), notify NEVER, body from bounce_body_type() and
+ * smtputf8 from bounce_smtputf8().
+ *
+ * The result: CRLF lines, each at most 998 octets (RFC 5322 §2.1.1); From,
+ * To, Subject, Date (UTC), Message-ID, MIME-Version, Auto-Submitted:
+ * auto-replied (RFC 3834 §5), Content-Type: multipart/report;
+ * report-type=delivery-status; boundary="=_postling_<hex>" (redrawn until it
+ * occurs in no part). Parts: (1) text/plain, the recipients and the remote
+ * replies; (2) message/delivery-status: Original-Envelope-Id, Reporting-MTA,
+ * Arrival-Date, then per recipient Original-Recipient (ORCPT), Final-Recipient,
+ * Action, Status, Remote-MTA, Diagnostic-Code, Last-Attempt-Date and, for a
+ * delay, Will-Retry-Until; (3) when the original is given, the original
+ * (message/rfc822) for a failure DSN with RET=FULL, else its header section
+ * (text/rfc822-headers) -- RET=HDRS, no RET (RFC 3461 §4.3 leaves it to us),
+ * delay and success DSNs, an original over max_original octets or one not in
+ * CRLF lines of at most 998 octets (BDAT/BINARYMIME); nothing when even the
+ * header section does not qualify.
+ *
+ * Status (RFC 3463) is the enhanced code of the remote reply ("550 5.1.1 ..."
+ * -> 5.1.1) when its class fits the kind (failure: 5 or 4, delay: 4,
+ * success: 2); else from the basic code's class (a 4xx failure, i.e. expiry,
+ * is 4.4.7, RFC 3463 §3.5); else 5.0.0 / 4.0.0 / 2.0.0. Diagnostic-Code is
+ * "smtp; <reply>" when the reply starts with a reply code, else
+ * "X-Postling; <text>" (a locally made reason); a multi-line reply is joined
+ * into one line (the code and a repeated enhanced code dropped from the
+ * continuation lines), capped at 2,000 octets, then folded.
+ *
+ * UTF-8 (RFC 6533): when env->smtputf8 and the sender or a reported
+ * recipient (address or ORCPT) is not ASCII, part 2 is
+ * message/global-delivery-status and part 1 text/plain; charset=utf-8, both
+ * 8bit, and such addresses are "utf-8; <utf-8-addr-unitext>". Otherwise the
+ * parts are 7-bit: a non-ASCII address becomes "utf-8; <utf-8-addr-xtext>"
+ * (\x{HEX}), and other non-ASCII octets '?'. An original whose header
+ * section holds 8-bit octets goes out as message/global (-headers); any
+ * 8-bit part is labelled Content-Transfer-Encoding: 8bit. */
+
+enum bounce_kind {
+	BOUNCE_FAILURE = 0,          /* Action: failed */
+	BOUNCE_DELAY,                /* Action: delayed (RFC 3464 §2.3.3) */
+	BOUNCE_SUCCESS,              /* Action: delivered, or relayed */
+};
+
+#define BOUNCE_MAX_ORIGINAL_DEFAULT (1024u * 1024)
+
+struct bounce_params {
+	const char *hostname;        /* reporting MTA: "Reporting-MTA: dns; <it>"; required */
+	const char *from;            /* NULL: "MAILER-DAEMON@<hostname>" */
+	const char *msgid_domain;    /* right side of Message-ID; NULL: hostname */
+	const struct queue_env *env; /* the original envelope; borrowed */
+	enum bounce_kind kind;
+	/* Indices into env->rcpts to report, in this order (borrowed); NULL:
+	 * every recipient for which bounce_reportable(env, r, kind). */
+	const size_t *rcpts;
+	size_t nrcpts;
+	bool relayed;                /* BOUNCE_SUCCESS: "relayed" (the next hop takes no
+	                              * DSN responsibility, RFC 3461 §5.2.2) not "delivered" */
+	time_t arrival;              /* Arrival-Date; 0: env->created (0 too: omitted) */
+	time_t now;                  /* Date:; 0: time(NULL) */
+	time_t retry_until;          /* BOUNCE_DELAY: Will-Retry-Until; 0: omitted */
+	const char *msg;             /* original message, CRLF lines; borrowed; NULL: none */
+	size_t msg_len;
+	size_t max_original;         /* cap on the attached original; 0: the default */
+	/* Randomness for the boundary and Message-ID; NULL: util_random64.
+	 * Tests set a fixed one for byte-exact output. */
+	uint64_t (*rand_fn)(void *arg);
+	void *rand_arg;
+};
+
+/* Pure. The DSN (malloc'ed, NUL-terminated, length in *len_r), or NULL with
+ * errno EINVAL (no env, null or malformed sender, bad hostname/from/msgid
+ * domain, bad kind, an index out of range, rcpts given with nrcpts 0) or
+ * ENOENT (rcpts NULL and no recipient is reportable). */
+char *bounce_build(const struct bounce_params *p, size_t *len_r);
+
+/* Policy (RFC 3461 §4.1): false for the null sender (never bounce a bounce,
+ * RFC 5321 §4.5.5) and NOTIFY=NEVER; with NOTIFY, only the kinds it lists;
+ * without, failure and delay (delay warnings default on) but not success. */
+bool bounce_wanted(const struct queue_env *env, const struct queue_rcpt *r, enum bounce_kind kind);
+/* bounce_wanted and r's state fits kind: failed for failure, deferred or
+ * still pending for delay, delivered for success. The default selection. */
+bool bounce_reportable(const struct queue_env *env, const struct queue_rcpt *r,
+    enum bounce_kind kind);
+/* Body type to queue a built DSN with: 8BITMIME when any octet >= 0x80. */
+enum queue_body bounce_body_type(const char *dsn, size_t len);
+/* The DSN needs SMTPUTF8: its recipient, the original sender, is not ASCII. */
+bool bounce_smtputf8(const struct queue_env *env);
 
 #endif

@@ -304,10 +304,12 @@ static int load_index(const char *path, struct store_index *ix)
 	return 0;
 }
 
+/* tmp/ is made last (after cur/ and new/): a folder another thread is still
+ * creating does not count as existing yet */
 static bool folder_exists(const char *path)
 {
 	struct stat st;
-	char *cur = xasprintf("%s/cur", path);
+	char *cur = xasprintf("%s/tmp", path);
 	int rc = stat(cur, &st);
 	free(cur);
 	return rc == 0 && S_ISDIR(st.st_mode);

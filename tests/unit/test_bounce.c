@@ -490,6 +490,9 @@ static void ret_full_over_cap_falls_back_to_headers(void **state)
 	p.max_original = 10;
 	build_into(&d, &p);
 	assert_int_equal(d.nparts, 2);
+	t = part_body(&d, 0);
+	assert_non_null(strstr(t, "returned; it is not attached.\r\n"));
+	free(t);
 	dsn_free(&d);
 	queue_env_free(&env);
 }

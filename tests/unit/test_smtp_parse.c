@@ -460,11 +460,15 @@ static void bad_lines_get_exact_errors(void **state)
 	assert_int_equal(parse("FOO bar", &cmd), SMTP_E_UNKNOWN_COMMAND);
 	assert_int_equal(parse("MAILFROM:<a@b>", &cmd), SMTP_E_UNKNOWN_COMMAND);
 	assert_int_equal(parse(" MAIL FROM:<a@b>", &cmd), SMTP_E_UNKNOWN_COMMAND);
-	assert_int_equal(parse_len("MAIL FROM:<a@b>\0", 16, &cmd), SMTP_E_CONTROL);
+	/* a control byte in a MAIL/RCPT argument makes the address malformed
+	 * (501 5.1.7 / 5.1.3); elsewhere the command line is bad (500 5.5.2) */
+	assert_int_equal(parse_len("MAIL FROM:<a@b>\0", 16, &cmd), SMTP_E_BAD_SENDER);
+	assert_int_equal(cmd.addr_err, MAILADDR_E_CONTROL);
 	assert_int_equal(parse("NOOP \x1b[0m", &cmd), SMTP_E_CONTROL);
+	assert_int_equal(parse("MA\x01L FROM:<a@b>", &cmd), SMTP_E_CONTROL);
 	/* CRLF inside an argument is never a line end here */
-	assert_int_equal(parse("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>", &cmd), SMTP_E_CONTROL);
-	assert_int_equal(parse("RCPT TO:<a@b\n>", &cmd), SMTP_E_CONTROL);
+	assert_int_equal(parse("MAIL FROM:<a@b>\r\nRCPT TO:<c@d>", &cmd), SMTP_E_BAD_SENDER);
+	assert_int_equal(parse("RCPT TO:<a@b\n>", &cmd), SMTP_E_BAD_RECIPIENT);
 	/* 510 octets without CRLF is the longest line (RFC 5321 §4.5.3.1.4) */
 	char line[600] = "NOOP ";
 	memset(line + 5, 'x', 505);
