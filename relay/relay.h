@@ -369,4 +369,33 @@ enum queue_body bounce_body_type(const char *dsn, size_t len);
 /* The DSN needs SMTPUTF8: its recipient, the original sender, is not ASCII. */
 bool bounce_smtputf8(const struct queue_env *env);
 
+/* --------------------------------------------------------------- scheduler.c */
+
+/* The relay: loads the queue at start, delivers due entries (MX, SMTP
+ * client), retries with exponential backoff, bounces (design §6). Reactor
+ * thread only. The server hands it its event_base and aio pool; relay/ never
+ * sees server/ (the local-account hook decides where DSNs to local senders go). */
+struct relay;
+struct relay_params {
+	char *queue_dir;             /* <data_dir>/queue */
+	char *data_dir;              /* for local delivery of DSNs */
+	char *hostname;              /* EHLO name, Reporting-MTA */
+	char *smarthost;             /* "" or a host name: every domain goes there */
+	char **dns_servers;          /* borrowed; "IP" or "IP@PORT" */
+	size_t ndns_servers;
+	int dns_port;                /* 0 = 53 */
+	int port;                    /* remote SMTP port (25; tests use a local one) */
+	uint64_t retry_initial, retry_max, warn_after, max_queue_time;   /* seconds */
+	int connect_timeout, cmd_timeout, data_timeout;                   /* seconds */
+	/* malloc'ed account address when addr is a local mailbox, else NULL */
+	char *(*local_account)(void *arg, const char *addr);
+	void *hook_arg;
+};
+struct relay *relay_new(struct event_base *base, struct aio *aio, const struct relay_params *p,
+    char *err, size_t errlen);
+/* A new entry <id> was written by the SMTP server: load it and try it now. */
+void relay_submitted(struct relay *r, const char *id);
+size_t relay_queued(const struct relay *r);
+void relay_free(struct relay **r_r);
+
 #endif

@@ -385,7 +385,7 @@ class Port25(SmtpBase):
     def test_parallel_first_deliveries_to_new_mailboxes(self):
         """Several sessions finish DATA at the same moment for users whose Maildir does
         not exist yet: every one must get 250 and its copy (no 451 from a half-made Maildir)."""
-        for _round in range(6):
+        for _round in range(10):
             users = [self.fresh_user() for _ in range(4)]
             nconn = 8
             conns = []

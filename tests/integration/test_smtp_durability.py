@@ -3,11 +3,17 @@
 random moment while they send, then restarted. Afterwards:
   - every message that got "250 ... queued as" is in each of its recipients' Maildirs
     exactly once, complete (byte-exact content);
-  - no message is stored twice, and nothing is stored whose final "." was never sent;
+  - no message is stored twice, and nothing is stored whose final "." was never sent,
+    nor anything of a message answered 451;
   - no stray file outside tmp/ (every file in new/ and cur/ is a complete message we
     sent), no queue entry (all recipients are local), and tmp/ holds nothing written
-    after the restart.
-Repeated for a few seeds (POSTLING_DURABILITY_SEEDS="1,2,3" overrides)."""
+    after the restart (files a killed delivery left in tmp/ are allowed: the Maildir
+    convention removes them after 36 hours).
+Repeated for a few seeds (POSTLING_DURABILITY_SEEDS="11,22,33" overrides).
+
+A second test does the same over submissions (implicit TLS + AUTH) with some remote
+recipients: every acknowledged message then also has exactly one complete relay queue
+entry, and the queue directory holds no half-written entry after the restart."""
 import os
 import random
 import re
@@ -26,14 +32,16 @@ NMESSAGES = 200
 SEEDS = [int(x) for x in os.environ.get("POSTLING_DURABILITY_SEEDS", "11,22,33").split(",") if x.strip()]
 QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as [0-9a-v]{16}$")
 MSGID_RE = re.compile(rb"^Message-ID: <([^>]+)>\r$", re.M)
+GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
 
 
 class Msg:
-    def __init__(self, seed, client, n, rcpts, rng):
+    def __init__(self, seed, client, n, sender, rcpts, rng):
         self.mid = f"dur-{seed}-{client}-{n}.{rng.getrandbits(48):012x}@example.net"
+        self.sender = sender
         self.rcpts = rcpts
         filler = "".join(rng.choice("abcdefghij .") for _ in range(rng.randint(0, 3000)))
-        text = (f"From: client{client}@example.net\r\nTo: {', '.join(rcpts)}\r\n"
+        text = (f"From: {sender}\r\nTo: {', '.join(rcpts)}\r\n"
                 f"Subject: durability {seed} {client} {n}\r\nMessage-ID: <{self.mid}>\r\n"
                 "Date: Mon, 01 Jan 2024 00:00:00 +0000\r\n\r\n")
         for i in range(0, len(filler), 70):
@@ -41,6 +49,14 @@ class Msg:
         text += ".line with a leading dot\r\nend\r\n"
         self.content = text.encode()
         self.state = "unsent"        # unsent | dot-sent (outcome unknown) | acked | tempfail | refused
+
+    @property
+    def local(self):
+        return [r for r in self.rcpts if r.endswith("@example.org")]
+
+    @property
+    def remote(self):
+        return [r for r in self.rcpts if not r.endswith("@example.org")]
 
 
 def stuff(data):
@@ -50,18 +66,22 @@ def stuff(data):
 class KillNine(unittest.TestCase):
     maxDiff = None
 
-    def run_seed(self, seed):
+    def run_seed(self, seed, submission=False):
         rng = random.Random(seed)
-        srv = Server(users=USERS, listeners=("smtp",), name=f"kill9-{seed}", config={"log": {"level": "info"}})
+        srv = Server(users=USERS, listeners=("smtp", "submissions"), name=f"kill9-{seed}",
+                     config={"log": {"level": "info"}})
         self.addCleanup(srv.close)
         srv.start()
         users = sorted(USERS)
         per_client = [[] for _ in range(NCLIENTS)]
         for n in range(NMESSAGES):
             c = n % NCLIENTS
+            sender = users[c] if submission else f"client{c}@example.net"
             k = 2 if rng.random() < 0.2 else 1          # some messages to two users
             rcpts = rng.sample(users, k)
-            per_client[c].append(Msg(seed, c, n, rcpts, rng))
+            if submission and rng.random() < 0.4:        # and some to remote ones
+                rcpts.append(f"r{n}@remote{n % 3}.example")
+            per_client[c].append(Msg(seed, c, n, sender, rcpts, rng))
         acked = [0]
         lock = threading.Lock()
         errors = []
@@ -70,17 +90,19 @@ class KillNine(unittest.TestCase):
         def client(idx):
             msgs = per_client[idx]
             try:
-                conn = SmtpConn.connect(srv, "smtp", timeout=10)
+                conn = SmtpConn.connect(srv, "submissions" if submission else "smtp", timeout=10)
             except (OSError, ConnectionClosed):
                 return
             try:
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.ehlo(f"client{idx}.example")
+                if submission:
+                    conn.login(users[idx], PW)
                 for m in msgs:
-                    conn.send(f"MAIL FROM:<client{idx}@example.net>\r\n"
+                    conn.send(f"MAIL FROM:<{m.sender}>\r\n"
                               + "".join(f"RCPT TO:<{r}>\r\n" for r in m.rcpts) + "DATA\r\n")
                     rs = conn.replies(len(m.rcpts) + 2)
-                    if rs[-1] != "354 End data with <CR><LF>.<CR><LF>":
+                    if rs[-1] != GO_AHEAD:
                         errors.append(f"{m.mid}: {rs}")
                         m.state = "refused"
                         return
@@ -128,8 +150,9 @@ class KillNine(unittest.TestCase):
         time.sleep(0.01)
         srv.start()
         srv.assert_alive()
-
         by_mid = {m.mid: m for m in all_msgs}
+
+        # -- Maildirs
         found = {}                                   # (mid, rcpt) -> [paths]
         strays = []
         for path in srv.mail_files():
@@ -139,23 +162,50 @@ class KillNine(unittest.TestCase):
             mm = MSGID_RE.search(data)
             m = by_mid.get(mm.group(1).decode()) if mm else None
             if m is None or not data.endswith(b"\r\n" + m.content) or \
-                    not data.startswith(f"Return-Path: <client".encode()) or \
-                    f"\r\nDelivered-To: {owner}\r\n".encode() not in data[:200] or owner not in m.rcpts:
+                    not data.startswith(f"Return-Path: <{m.sender}>\r\nDelivered-To: {owner}\r\n".encode()) or \
+                    owner not in m.rcpts:
                 strays.append((path, data[:300]))
                 continue
             found.setdefault((m.mid, owner), []).append(path)
         self.assertEqual(strays, [], f"seed {seed}: files in new/ or cur/ that are not complete messages we sent")
         dups = {k: v for k, v in found.items() if len(v) > 1}
         self.assertEqual(dups, {}, f"seed {seed}: messages stored more than once")
-        missing = [(m.mid, r) for m in all_msgs if m.state == "acked" for r in m.rcpts if (m.mid, r) not in found]
+        missing = [(m.mid, r) for m in all_msgs if m.state == "acked" for r in m.local if (m.mid, r) not in found]
         self.assertEqual(missing, [], f"seed {seed}: acknowledged with 250 but missing after kill -9")
         never_sent = [k for k in found if by_mid[k[0]].state == "unsent"]
         self.assertEqual(never_sent, [], f"seed {seed}: stored though the final dot was never sent")
         after_451 = [k for k in found if by_mid[k[0]].state == "tempfail"]
         self.assertEqual(after_451, [], f"seed {seed}: copies stored of messages answered 451")
-        self.assertEqual(srv.queue_files(), [], f"seed {seed}: local mail left queue files")
         new_tmp = [p for p in srv.tmp_files() if os.stat(p).st_mtime > restart_t]
         self.assertEqual(new_tmp, [], f"seed {seed}: tmp/ files written after the restart")
+
+        # -- relay queue
+        qfiles = srv.queue_files()
+        envs = {f[:-4] for f in qfiles if f.endswith(".env")}
+        msgs = {f[:-4] for f in qfiles if f.endswith(".msg")}
+        self.assertEqual(sorted(msgs - envs), [], f"seed {seed}: .msg without .env left after the restart")
+        self.assertEqual(sorted(envs - msgs), [], f"seed {seed}: .env without .msg")
+        queued = {}
+        for qid in sorted(envs):
+            env, data = srv.queue_entry(qid)
+            mm = MSGID_RE.search(data)
+            m = by_mid.get(mm.group(1).decode()) if mm else None
+            rcpts = re.findall(r"^rcpt (\S+) - - pending 0 \d+ - -$", env, re.M)
+            self.assertIsNotNone(m, f"seed {seed}: queue entry {qid} is no message we sent")
+            self.assertTrue(data.endswith(b"\r\n" + m.content), f"seed {seed}: queue entry {qid} incomplete")
+            self.assertEqual(rcpts, m.remote, env)
+            self.assertIn(f"\nsender {m.sender}\n", env)
+            self.assertTrue(env.endswith(f"\nend {len(rcpts)}\n"), env)
+            queued.setdefault(m.mid, []).append(qid)
+        self.assertEqual({k: v for k, v in queued.items() if len(v) > 1}, {}, f"seed {seed}: queued twice")
+        self.assertEqual([m.mid for m in all_msgs if m.state == "acked" and m.remote and m.mid not in queued], [],
+                         f"seed {seed}: acknowledged with 250 but not in the queue after kill -9")
+        self.assertEqual([mid for mid in queued if by_mid[mid].state in ("unsent", "tempfail")], [],
+                         f"seed {seed}: queued though never sent or answered 451")
+        # relay.h: "a .msg without .env, and any *.tmp, is what a crash left (queue_clean)"
+        self.assertEqual(sorted(f for f in qfiles if not (f.endswith(".env") or f.endswith(".msg"))), [],
+                         f"seed {seed}: temporary files left in the queue dir after the restart")
+
         # the restarted server takes mail again
         c = SmtpConn.connect(srv, "smtp")
         self.addCleanup(c.close)
@@ -168,14 +218,20 @@ class KillNine(unittest.TestCase):
         self.assertEqual(rc, 0)
         unknown = sum(m.state == "dot-sent" for m in all_msgs)
         stored_unknown = sum(1 for k in found if by_mid[k[0]].state == "dot-sent")
-        print(f"seed {seed}: killed after {killed_at} acks; {n_acked} acked, {unknown} in flight "
-              f"({stored_unknown} of their copies stored), {len(found)} copies on disk, "
-              f"{len(srv.tmp_files())} crash leftovers in tmp/; {len(tempfails)} answered 451")
+        print(f"seed {seed}{' (submission)' if submission else ''}: killed after {killed_at} acks; "
+              f"{n_acked} acked, {unknown} in flight ({stored_unknown} of their copies stored), "
+              f"{len(found)} copies on disk, {len(queued)} queued, {len(srv.tmp_files())} crash leftovers "
+              f"in tmp/; {len(tempfails)} answered 451")
 
     def test_kill9_while_sending(self):
         for seed in SEEDS:
             with self.subTest(seed=seed):
                 self.run_seed(seed)
+
+    def test_kill9_while_submitting_with_remote_recipients(self):
+        for seed in SEEDS:
+            with self.subTest(seed=seed):
+                self.run_seed(seed + 1000, submission=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,692 @@
+/* scheduler.c: drains the relay queue (design §6). A reactor timer looks at
+ * the entries loaded from <data_dir>/queue; an entry whose next attempt is due
+ * is delivered domain by domain: MX lookup (dns.c), addresses of each MX in
+ * preference order, one SMTP client connection (mta.c) carrying all of that
+ * domain's recipients. Results update the envelope atomically (queue.c); 4xx
+ * are retried with exponential backoff, 5xx and expiry are bounced (bounce.c)
+ * to the sender; a delay notice goes out once after warn_after. Everything
+ * blocking (reading and writing queue files, local delivery of bounces) runs
+ * on the aio pool.
+ *
+ * Ownership: struct relay owns the entries; an entry being delivered has
+ * `busy` set and is never freed until its attempt completes (relay_free
+ * cancels the DNS and SMTP requests first). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "common/xmalloc.h"
+#include "relay/relay.h"
+#include "store/store.h"
+
+#define RELAY_TICK_SECONDS 5
+#define RELAY_MAX_ACTIVE 20          /* entries being delivered at once */
+
+struct rentry;
+
+/* One delivery attempt: the recipients of one domain of one entry. */
+struct attempt {
+	struct rentry *e;
+	char *domain;
+	size_t *idx;                 /* indices into e->env.rcpts */
+	size_t n;
+	struct dns_mx_list *mx;
+	size_t mx_next;              /* next MX to try */
+	char *last_error;            /* why the last MX failed (for deferral text) */
+	struct dns_req *dreq;
+	struct mta_req *mreq;
+};
+
+struct rentry {
+	struct rentry *prev, *next;
+	struct relay *r;
+	struct queue_env env;
+	bool busy;
+	bool dead;                   /* removed from disk: freed when not busy */
+	char **domains;              /* domains still to try in this round */
+	size_t ndomains, domain_next;
+	struct attempt *cur;
+};
+
+struct relay {
+	struct relay_params p;       /* owned copies */
+	struct event_base *base;
+	struct aio *aio;
+	struct dns *dns;
+	SSL_CTX *tls;
+	struct event *timer;
+	struct rentry *head;
+	size_t nentries;
+	size_t active;
+	bool loaded;
+};
+
+static void schedule(struct relay *r);
+static void next_domain(struct rentry *e);
+
+/* ---------------------------------------------------------------- logging */
+
+static void log_rcpt(const struct rentry *e, const struct queue_rcpt *q, const char *event,
+    const char *mx, const char *ip, bool tls)
+{
+	struct logline *l = log_begin(strcmp(event, "relay.delivered") == 0 ? LL_INFO : LL_WARN, event);
+	log_str(l, "msgid", e->env.id);
+	log_str(l, "from", e->env.sender);
+	log_str(l, "rcpt", q->addr);
+	log_str(l, "mx", mx);
+	log_str(l, "ip", ip);
+	log_bool(l, "tls", tls);
+	log_uint(l, "attempts", q->attempts);
+	log_str(l, "reply", q->last_reply);
+	log_end(l);
+}
+
+/* ---------------------------------------------------------------- entries */
+
+static void entry_free(struct rentry *e)
+{
+	queue_env_free(&e->env);
+	xfree_strv(&e->domains);
+	free(e);
+}
+
+static void entry_unlink(struct rentry *e)
+{
+	struct relay *r = e->r;
+	if (e->prev)
+		e->prev->next = e->next;
+	else
+		r->head = e->next;
+	if (e->next)
+		e->next->prev = e->prev;
+	r->nentries--;
+}
+
+static void entry_add(struct relay *r, struct queue_env *env)
+{
+	for (struct rentry *x = r->head; x != NULL; x = x->next)
+		if (strcmp(x->env.id, env->id) == 0) {
+			queue_env_free(env);            /* already known */
+			return;
+		}
+	struct rentry *e = xcalloc(1, sizeof(*e));
+	e->r = r;
+	e->env = *env;
+	e->next = r->head;
+	if (r->head)
+		r->head->prev = e;
+	r->head = e;
+	r->nentries++;
+}
+
+static bool rcpt_open(const struct queue_rcpt *q)
+{
+	return q->state == Q_PENDING || q->state == Q_DEFERRED;
+}
+
+/* ---------------------------------------------------------------- blocking jobs */
+
+struct load_job {
+	struct relay *r;
+	char *dir;
+	char *id;                    /* one entry, or NULL: all */
+	struct queue_env *envs;
+	size_t n;
+};
+
+static void load_one(struct load_job *j, const char *id)
+{
+	struct queue_env env;
+	if (queue_read_env(j->dir, id, &env) == -1)
+		return;
+	j->envs = xreallocarray(j->envs, j->n + 1, sizeof(*j->envs));
+	j->envs[j->n++] = env;
+}
+
+static void load_work(void *arg)
+{
+	struct load_job *j = arg;
+	if (j->id != NULL) {
+		load_one(j, j->id);
+		return;
+	}
+	char **ids = NULL;
+	size_t n = 0;
+	queue_clean(j->dir);         /* crash leftovers: only at start-up */
+	if (queue_list(j->dir, &ids, &n) == -1)
+		return;
+	for (size_t i = 0; i < n; i++)
+		load_one(j, ids[i]);
+	xfree_strv(&ids);
+}
+
+static void load_done(void *arg, bool cancelled)
+{
+	struct load_job *j = arg;
+	for (size_t i = 0; i < j->n; i++) {
+		if (cancelled)
+			queue_env_free(&j->envs[i]);
+		else
+			entry_add(j->r, &j->envs[i]);
+	}
+	if (!cancelled) {
+		if (j->id == NULL) {
+			j->r->loaded = true;
+			log_msg(LL_INFO, "relay.loaded", "%zu queued messages", j->r->nentries);
+		}
+		schedule(j->r);
+	}
+	free(j->envs);
+	free(j->dir);
+	free(j->id);
+	free(j);
+}
+
+static void load(struct relay *r, const char *id)
+{
+	struct load_job *j = xcalloc(1, sizeof(*j));
+	j->r = r;
+	j->dir = xstrdup(r->p.queue_dir);
+	j->id = id ? xstrdup(id) : NULL;
+	aio_submit(r->aio, load_work, load_done, j);
+}
+
+/* Write the envelope back, or remove the entry when nothing is left to do. */
+struct save_job {
+	char *dir;
+	struct queue_env env;        /* copy */
+	bool remove;
+	int error;
+};
+
+static void save_work(void *arg)
+{
+	struct save_job *j = arg;
+	int rc = j->remove ? queue_remove(j->dir, j->env.id) : queue_update_env(j->dir, &j->env);
+	j->error = rc == -1 ? errno : 0;
+}
+
+static void save_done(void *arg, bool cancelled)
+{
+	struct save_job *j = arg;
+	(void)cancelled;
+	if (j->error != 0)
+		log_msg(LL_ERROR, "relay.queue_write_failed", "%s: %s", j->env.id, strerror(j->error));
+	queue_env_free(&j->env);
+	free(j->dir);
+	free(j);
+}
+
+static void save(struct rentry *e, bool remove)
+{
+	struct save_job *j = xcalloc(1, sizeof(*j));
+	j->dir = xstrdup(e->r->p.queue_dir);
+	queue_env_copy(&j->env, &e->env);
+	j->remove = remove;
+	aio_submit(e->r->aio, save_work, save_done, j);
+}
+
+/* ---------------------------------------------------------------- bounces */
+
+struct bounce_job {
+	struct relay *r;
+	char *dir, *hostname, *data_dir;
+	char *account;               /* local sender's account, or NULL: queue it */
+	struct queue_env env;        /* the DSN's envelope when queued */
+	char *msg;
+	size_t len;
+	int error;
+};
+
+static void bounce_work(void *arg)
+{
+	struct bounce_job *j = arg;
+	if (j->account != NULL) {
+		char *user = maildir_user_path(j->data_dir, j->account);
+		char *prefix = xasprintf("Return-Path: <>\r\nDelivered-To: %s\r\n", j->account);
+		struct iovec parts[2] = { { prefix, strlen(prefix) }, { j->msg, j->len } };
+		int rc = user == NULL ? -1 : maildir_create(user);
+		if (rc == 0)
+			rc = maildir_deliver_iov(user, j->hostname, parts, 2, 0, NULL, NULL);
+		j->error = rc == -1 ? errno : 0;
+		free(prefix);
+		free(user);
+		return;
+	}
+	j->error = queue_write(j->dir, &j->env, j->msg, j->len) == -1 ? errno : 0;
+}
+
+static void bounce_done(void *arg, bool cancelled)
+{
+	struct bounce_job *j = arg;
+	if (!cancelled && j->error != 0)
+		log_msg(LL_ERROR, "relay.bounce_failed", "DSN for %s: %s", j->env.rcpts ? j->env.rcpts[0].addr
+		    : j->account, strerror(j->error));
+	else if (!cancelled && j->account == NULL)
+		load(j->r, j->env.id);           /* the DSN is a queue entry of its own */
+	queue_env_free(&j->env);
+	free(j->account);
+	free(j->msg);
+	free(j->dir);
+	free(j->hostname);
+	free(j->data_dir);
+	free(j);
+}
+
+/* Reads the original message for part 3 of the DSN; small, but still a read:
+ * done here on the reactor only for the headers-or-full copy, bounded by
+ * BOUNCE_MAX_ORIGINAL_DEFAULT. */
+static char *read_original(const struct relay *r, const char *id, size_t *len_r)
+{
+	char *path = queue_msg_path(r->p.queue_dir, id);
+	FILE *f = fopen(path, "rb");
+	free(path);
+	if (f == NULL)
+		return NULL;
+	size_t cap = BOUNCE_MAX_ORIGINAL_DEFAULT + 1;
+	char *buf = xmalloc(cap);
+	*len_r = fread(buf, 1, cap, f);
+	fclose(f);
+	return buf;
+}
+
+static void send_dsn(struct rentry *e, enum bounce_kind kind)
+{
+	struct relay *r = e->r;
+	size_t olen = 0;
+	char *orig = read_original(r, e->env.id, &olen);
+	struct bounce_params bp = {
+		.hostname = r->p.hostname, .env = &e->env, .kind = kind, .msg = orig, .msg_len = olen,
+		.retry_until = kind == BOUNCE_DELAY ? e->env.created + (time_t)r->p.max_queue_time : 0,
+	};
+	size_t len;
+	char *dsn = bounce_build(&bp, &len);
+	free(orig);
+	if (dsn == NULL)
+		return;                  /* nothing reportable (NOTIFY, null sender) */
+	struct bounce_job *j = xcalloc(1, sizeof(*j));
+	j->r = r;
+	j->dir = xstrdup(r->p.queue_dir);
+	j->hostname = xstrdup(r->p.hostname);
+	j->data_dir = xstrdup(r->p.data_dir);
+	j->msg = dsn;
+	j->len = len;
+	j->account = r->p.local_account ? r->p.local_account(r->p.hook_arg, e->env.sender) : NULL;
+	if (j->account == NULL) {
+		queue_new_id(j->env.id);
+		j->env.sender = xstrdup("");
+		j->env.envid = xstrdup("");
+		j->env.auth_user = xstrdup("");
+		j->env.client_ip = xstrdup("");
+		j->env.helo = xstrdup(r->p.hostname);
+		j->env.smtputf8 = bounce_smtputf8(&e->env);
+		j->env.body = bounce_body_type(dsn, len);
+		j->env.created = j->env.next_attempt = time(NULL);
+		j->env.rcpts = xcalloc(1, sizeof(*j->env.rcpts));
+		j->env.nrcpts = 1;
+		j->env.rcpts[0].addr = xstrdup(e->env.sender);
+		j->env.rcpts[0].orcpt = xstrdup("");
+		j->env.rcpts[0].notify = QUEUE_NOTIFY_NEVER;
+		j->env.rcpts[0].last_reply = xstrdup("");
+		j->env.rcpts[0].remote_mta = xstrdup("");
+	}
+	struct logline *l = log_begin(LL_INFO, "relay.dsn");
+	log_str(l, "msgid", e->env.id);
+	log_str(l, "kind", kind == BOUNCE_FAILURE ? "failure" : kind == BOUNCE_DELAY ? "delay" : "success");
+	log_str(l, "to", e->env.sender);
+	log_bool(l, "local", j->account != NULL);
+	log_end(l);
+	aio_submit(r->aio, bounce_work, bounce_done, j);
+}
+
+/* ---------------------------------------------------------------- one round */
+
+static time_t backoff(const struct relay *r, uint32_t attempts)
+{
+	uint64_t d = r->p.retry_initial;
+	for (uint32_t i = 1; i < attempts && d < r->p.retry_max; i++)
+		d *= 2;
+	return (time_t)(d < r->p.retry_max ? d : r->p.retry_max);
+}
+
+static void set_rcpt(struct queue_rcpt *q, enum queue_rcpt_state st, const char *reply, const char *mx)
+{
+	q->state = st;
+	q->updated = time(NULL);
+	free(q->last_reply);
+	q->last_reply = xstrdup(reply ? reply : "");
+	free(q->remote_mta);
+	q->remote_mta = xstrdup(mx ? mx : "");
+}
+
+/* All domains of this round tried: bounce what failed, decide what is next. */
+static void round_done(struct rentry *e)
+{
+	struct relay *r = e->r;
+	time_t now = time(NULL);
+	bool open = false, failed = false;
+	e->env.attempts++;
+	e->env.last_attempt = now;
+	bool expired = now - e->env.created >= (time_t)r->p.max_queue_time;
+	for (size_t i = 0; i < e->env.nrcpts; i++) {
+		struct queue_rcpt *q = &e->env.rcpts[i];
+		if (rcpt_open(q) && expired) {
+			char *why = xasprintf("%s (gave up after %llu s in the queue)",
+			    q->last_reply[0] ? q->last_reply : "4.4.7 delivery time expired",
+			    (unsigned long long)r->p.max_queue_time);
+			set_rcpt(q, Q_FAILED, why, q->remote_mta);
+			free(why);
+			log_rcpt(e, q, "relay.bounced", q->remote_mta, NULL, false);
+		}
+		open |= rcpt_open(q);
+		failed |= q->state == Q_FAILED;
+	}
+	if (failed)
+		send_dsn(e, BOUNCE_FAILURE);
+	if (open && !e->env.warned && r->p.warn_after > 0 && now - e->env.created >= (time_t)r->p.warn_after) {
+		send_dsn(e, BOUNCE_DELAY);
+		e->env.warned = true;
+	}
+	/* failed recipients are reported once: mark them done */
+	for (size_t i = 0; i < e->env.nrcpts; i++)
+		if (e->env.rcpts[i].state == Q_FAILED)
+			e->env.rcpts[i].state = Q_DELIVERED, e->env.rcpts[i].notify = QUEUE_NOTIFY_NEVER;
+	e->env.next_attempt = now + backoff(r, e->env.attempts);
+	e->busy = false;
+	r->active--;
+	save(e, !open);
+	if (!open) {
+		entry_unlink(e);
+		entry_free(e);
+	}
+	schedule(r);
+}
+
+static void attempt_free(struct attempt **a_r)
+{
+	struct attempt *a = *a_r;
+	if (a == NULL)
+		return;
+	dns_cancel(&a->dreq);
+	mta_cancel(&a->mreq);
+	dns_mx_list_free(&a->mx);
+	free(a->domain);
+	free(a->idx);
+	free(a->last_error);
+	free(a);
+	*a_r = NULL;
+}
+
+/* The whole domain ends one way (DNS failure, every MX unreachable). */
+static void domain_all(struct attempt *a, enum queue_rcpt_state st, const char *reply)
+{
+	for (size_t i = 0; i < a->n; i++) {
+		struct queue_rcpt *q = &a->e->env.rcpts[a->idx[i]];
+		q->attempts++;
+		set_rcpt(q, st, reply, NULL);
+		log_rcpt(a->e, q, st == Q_FAILED ? "relay.bounced" : "relay.deferred", NULL, NULL, false);
+	}
+	struct rentry *e = a->e;
+	attempt_free(&e->cur);
+	next_domain(e);
+}
+
+static void try_mx(struct attempt *a);
+
+static void mta_done(void *arg, struct mta_result *res)
+{
+	struct attempt *a = arg;
+	a->mreq = NULL;
+	if (res->conn_status == MTA_TEMPFAIL && res->nrcpts == 0) {
+		free(a->last_error);
+		a->last_error = xstrdup(res->error ? res->error : "connection failed");
+		mta_result_free(&res);
+		try_mx(a);                      /* RFC 5321 §5.1: next MX */
+		return;
+	}
+	for (size_t i = 0; i < a->n && i < res->nrcpts; i++) {
+		struct queue_rcpt *q = &a->e->env.rcpts[a->idx[i]];
+		const struct mta_rcpt_result *rr = &res->rcpts[i];
+		enum queue_rcpt_state st = rr->status == MTA_OK ? Q_DELIVERED
+		    : rr->status == MTA_PERMFAIL ? Q_FAILED : Q_DEFERRED;
+		q->attempts++;
+		set_rcpt(q, st, rr->reply, res->remote_host);
+		log_rcpt(a->e, q, st == Q_DELIVERED ? "relay.delivered" : st == Q_FAILED ? "relay.bounced"
+		    : "relay.deferred", res->remote_host, res->remote_ip, res->tls);
+	}
+	mta_result_free(&res);
+	struct rentry *e = a->e;
+	attempt_free(&e->cur);
+	next_domain(e);
+}
+
+static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list)
+{
+	struct attempt *a = arg;
+	a->dreq = NULL;
+	if (st != DNS_OK) {
+		free(a->last_error);
+		a->last_error = xasprintf("4.4.4 %s: %s", a->mx->mx[a->mx_next - 1].name, dns_strerror(st));
+		try_mx(a);
+		return;
+	}
+	struct relay *r = a->e->r;
+	const char **rcpts = xcalloc(a->n, sizeof(char *));
+	const char **orcpt = xcalloc(a->n, sizeof(char *));
+	unsigned *notify = xcalloc(a->n, sizeof(unsigned));
+	for (size_t i = 0; i < a->n; i++) {
+		const struct queue_rcpt *q = &a->e->env.rcpts[a->idx[i]];
+		rcpts[i] = q->addr;
+		orcpt[i] = q->orcpt;
+		notify[i] = q->notify;
+	}
+	struct mta_params mp = {
+		.addrs = list->addrs, .naddrs = list->n, .port = r->p.port,
+		.mx_name = a->mx->mx[a->mx_next - 1].name, .helo = r->p.hostname, .tls = r->tls,
+		.sender = a->e->env.sender, .smtputf8 = a->e->env.smtputf8,
+		.body_8bit = a->e->env.body != QUEUE_BODY_7BIT, .envid = a->e->env.envid,
+		.ret = (int)a->e->env.ret, .rcpts = rcpts, .notify = notify, .orcpt = orcpt, .nrcpts = a->n,
+		.aio = r->aio, .connect_timeout = r->p.connect_timeout, .cmd_timeout = r->p.cmd_timeout,
+		.data_timeout = r->p.data_timeout,
+	};
+	char *path = queue_msg_path(r->p.queue_dir, a->e->env.id);
+	mp.msg_path = path;
+	a->mreq = mta_deliver(r->base, &mp, mta_done, a);
+	free(path);
+	free(rcpts);
+	free(orcpt);
+	free(notify);
+	dns_addr_list_free(&list);
+}
+
+static void try_mx(struct attempt *a)
+{
+	if (a->mx_next >= a->mx->n) {
+		domain_all(a, Q_DEFERRED, a->last_error ? a->last_error : "4.4.1 no MX host answered");
+		return;
+	}
+	const char *host = a->mx->mx[a->mx_next++].name;
+	if (strcasecmp(host, a->e->r->p.hostname) == 0) {
+		/* RFC 5321 §5.1: never deliver to ourselves through an MX loop */
+		domain_all(a, Q_FAILED, "5.4.6 mail for this domain loops back to myself");
+		return;
+	}
+	a->dreq = dns_resolve_addrs(a->e->r->dns, host, addrs_done, a);
+}
+
+static void mx_done(void *arg, enum dns_status st, struct dns_mx_list *list)
+{
+	struct attempt *a = arg;
+	a->dreq = NULL;
+	switch (st) {
+	case DNS_OK:
+		a->mx = list;
+		try_mx(a);
+		return;
+	case DNS_NULL_MX:
+		domain_all(a, Q_FAILED, "5.1.10 recipient domain does not accept mail (null MX, RFC 7505)");
+		return;
+	case DNS_NXDOMAIN:
+	case DNS_BADNAME:
+		domain_all(a, Q_FAILED, "5.1.2 recipient domain does not exist (NXDOMAIN)");
+		return;
+	default:
+		domain_all(a, Q_DEFERRED, "4.4.3 DNS lookup of the recipient domain failed temporarily");
+		return;
+	}
+}
+
+static void smarthost_mx(struct attempt *a)
+{
+	/* relay.smarthost "host:port": a one-entry MX list, no MX lookup */
+	a->mx = xcalloc(1, sizeof(*a->mx));
+	a->mx->mx = xcalloc(1, sizeof(*a->mx->mx));
+	a->mx->n = 1;
+	a->mx->mx[0].name = xstrdup(a->e->r->p.smarthost);
+	try_mx(a);
+}
+
+static const char *rcpt_domain(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	return at ? at + 1 : "";
+}
+
+static void next_domain(struct rentry *e)
+{
+	if (e->domain_next >= e->ndomains) {
+		round_done(e);
+		return;
+	}
+	struct attempt *a = xcalloc(1, sizeof(*a));
+	a->e = e;
+	a->domain = xstrdup(e->domains[e->domain_next++]);
+	a->idx = xcalloc(e->env.nrcpts, sizeof(size_t));
+	for (size_t i = 0; i < e->env.nrcpts; i++)
+		if (rcpt_open(&e->env.rcpts[i]) && strcasecmp(rcpt_domain(e->env.rcpts[i].addr), a->domain) == 0)
+			a->idx[a->n++] = i;
+	e->cur = a;
+	if (e->r->p.smarthost[0] != '\0')
+		smarthost_mx(a);
+	else
+		a->dreq = dns_resolve_mx(e->r->dns, a->domain, mx_done, a);
+}
+
+static void start_round(struct rentry *e)
+{
+	xfree_strv(&e->domains);
+	e->domains = xcalloc(e->env.nrcpts + 1, sizeof(char *));
+	e->ndomains = e->domain_next = 0;
+	for (size_t i = 0; i < e->env.nrcpts; i++) {
+		if (!rcpt_open(&e->env.rcpts[i]))
+			continue;
+		const char *d = rcpt_domain(e->env.rcpts[i].addr);
+		bool seen = false;
+		for (size_t k = 0; k < e->ndomains && !seen; k++)
+			seen = strcasecmp(e->domains[k], d) == 0;
+		if (!seen)
+			e->domains[e->ndomains++] = xstrdup(d);
+	}
+	e->busy = true;
+	e->r->active++;
+	next_domain(e);
+}
+
+/* ---------------------------------------------------------------- the timer */
+
+static void schedule(struct relay *r)
+{
+	time_t now = time(NULL);
+	for (struct rentry *e = r->head, *next; e != NULL && r->active < RELAY_MAX_ACTIVE; e = next) {
+		next = e->next;
+		if (!e->busy && e->env.next_attempt <= now)
+			start_round(e);
+	}
+}
+
+static void tick(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	schedule(arg);
+}
+
+/* ---------------------------------------------------------------- API */
+
+static void params_copy(struct relay_params *dst, const struct relay_params *src)
+{
+	*dst = *src;
+	dst->queue_dir = xstrdup(src->queue_dir);
+	dst->data_dir = xstrdup(src->data_dir);
+	dst->hostname = xstrdup(src->hostname);
+	dst->smarthost = xstrdup(src->smarthost ? src->smarthost : "");
+}
+
+static void params_free(struct relay_params *p)
+{
+	free(p->queue_dir);
+	free(p->data_dir);
+	free(p->hostname);
+	free(p->smarthost);
+}
+
+struct relay *relay_new(struct event_base *base, struct aio *aio, const struct relay_params *p,
+    char *err, size_t errlen)
+{
+	struct relay *r = xcalloc(1, sizeof(*r));
+	params_copy(&r->p, p);
+	r->base = base;
+	r->aio = aio;
+	r->dns = dns_new(base, (const char *const *)p->dns_servers, p->ndns_servers, p->dns_port, err, errlen);
+	if (r->dns == NULL) {
+		params_free(&r->p);
+		free(r);
+		return NULL;
+	}
+	r->tls = SSL_CTX_new(TLS_client_method());
+	/* opportunistic TLS (RFC 3207 §4.1, RFC 7435): no verification without DANE */
+	SSL_CTX_set_verify(r->tls, SSL_VERIFY_NONE, NULL);
+	SSL_CTX_set_min_proto_version(r->tls, TLS1_2_VERSION);
+	r->timer = event_new(base, -1, EV_PERSIST, tick, r);
+	struct timeval tv = { RELAY_TICK_SECONDS, 0 };
+	event_add(r->timer, &tv);
+	load(r, NULL);
+	return r;
+}
+
+void relay_submitted(struct relay *r, const char *id)
+{
+	if (id != NULL)
+		load(r, id);
+}
+
+void relay_free(struct relay **r_r)
+{
+	struct relay *r = *r_r;
+	if (r == NULL)
+		return;
+	*r_r = NULL;
+	event_free(r->timer);
+	while (r->head != NULL) {
+		struct rentry *e = r->head;
+		attempt_free(&e->cur);
+		entry_unlink(e);
+		entry_free(e);
+	}
+	dns_free(&r->dns);
+	SSL_CTX_free(r->tls);
+	params_free(&r->p);
+	free(r);
+}
+
+size_t relay_queued(const struct relay *r)
+{
+	return r->nentries;
+}
