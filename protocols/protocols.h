@@ -13,6 +13,7 @@
 struct proto_ops;
 struct store_req;
 struct queue_req;
+struct unqueue_job;
 
 /* ---------------------------------------------------------------- pop3_session.c */
 extern const struct proto_ops pop3_ops;
@@ -74,6 +75,7 @@ struct smtp_session {
 	char id[17];                 /* queue/message id */
 	struct store_req *req;
 	struct queue_req *qreq;
+	struct unqueue_job *ujob;    /* taking a queue entry back before a 451 */
 };
 
 extern const struct proto_ops smtp_ops;
@@ -94,5 +96,8 @@ void smtp_data_start(struct smtp_session *s);
 bool smtp_data_input(struct smtp_session *s);
 void smtp_bdat_start(struct smtp_session *s, uint64_t size, bool last);
 bool smtp_bdat_input(struct smtp_session *s);
+/* the session is going away: a pending queue-entry removal still completes,
+ * but no longer answers it */
+void smtp_detach_work(struct smtp_session *s);
 
 #endif

@@ -155,44 +155,71 @@ static void accepted(struct smtp_session *s)
 	smtp_set_busy(s, false);
 }
 
+struct unqueue_job {
+	struct smtp_session *s;      /* NULL once the session detached */
+	char *dir, *id;
+};
+
+void smtp_detach_work(struct smtp_session *s)
+{
+	if (s->ujob != NULL)
+		s->ujob->s = NULL;
+	s->ujob = NULL;
+}
+
 static void unqueue_work(void *arg)
 {
-	char **p = arg;
-	queue_remove(p[0], p[1]);
+	struct unqueue_job *j = arg;
+	queue_remove(j->dir, j->id);
 }
 
 static void unqueue_done(void *arg, bool cancelled)
 {
-	char **p = arg;
-	(void)cancelled;
-	free(p[0]);
-	free(p[1]);
-	free(p);
+	struct unqueue_job *j = arg;
+	if (!cancelled && j->s != NULL) {
+		struct smtp_session *s = j->s;
+		s->ujob = NULL;
+		transaction_failed(s, 451, "4.3.0", "Requested action aborted: local error in processing",
+		    "local delivery failed");
+		smtp_set_busy(s, false);
+	}
+	free(j->dir);
+	free(j->id);
+	free(j);
 }
 
-/* The local copies failed after the queue entry was written: take it back so
- * the client's retry after our 451 does not send the remote copies twice. */
+/* The local copies failed after the queue entry was written: take the entry
+ * back before answering 451, so the client's retry does not send the remote
+ * copies twice. */
 static void unqueue(struct smtp_session *s)
 {
-	char **p = xcalloc(2, sizeof(char *));
-	p[0] = xasprintf("%s/queue", server->cfg->server.data_dir);
-	p[1] = xstrdup(s->id);
-	aio_submit(store_aio(server->store), unqueue_work, unqueue_done, p);
+	struct unqueue_job *j = xcalloc(1, sizeof(*j));
+	j->s = s;
+	j->dir = xasprintf("%s/queue", server->cfg->server.data_dir);
+	j->id = xstrdup(s->id);
+	s->ujob = j;
+	aio_submit(store_aio(server->store), unqueue_work, unqueue_done, j);
 }
 
 static void local_done(void *arg, int error)
 {
 	struct smtp_session *s = arg;
 	s->req = NULL;
-	if (error != 0) {
-		log_msg(LL_ERROR, "smtp.deliver_failed", "%s: %s", s->id, strerror(error));
-		unqueue(s);
-		transaction_failed(s, 451, "4.3.0", "Requested action aborted: local error in processing",
-		    "local delivery failed");
-		smtp_set_busy(s, false);
+	if (error == 0) {
+		accepted(s);
 		return;
 	}
-	accepted(s);
+	log_msg(LL_ERROR, "smtp.deliver_failed", "%s: %s", s->id, strerror(error));
+	bool queued = false;
+	for (size_t i = 0; i < s->nrcpts; i++)
+		queued |= s->rcpts[i].account == NULL;
+	if (queued) {
+		unqueue(s);              /* replies when the entry is gone */
+		return;
+	}
+	transaction_failed(s, 451, "4.3.0", "Requested action aborted: local error in processing",
+	    "local delivery failed");
+	smtp_set_busy(s, false);
 }
 
 static void deliver_local(struct smtp_session *s)

@@ -87,10 +87,16 @@ void smtp_reset_transaction(struct smtp_session *s)
 		s->state = SS_READY;
 }
 
-static void session_free(struct smtp_session *s)
+static void cancel_work(struct smtp_session *s)
 {
 	store_cancel(&s->req);
 	queue_cancel(&s->qreq);
+	smtp_detach_work(s);
+}
+
+static void session_free(struct smtp_session *s)
+{
+	cancel_work(s);
 	auth_sasl_free(&s->sasl);
 	smtp_reset_transaction(s);
 	free(s->helo);
@@ -102,8 +108,7 @@ static void session_free(struct smtp_session *s)
 void smtp_end(struct smtp_session *s, const char *reason)
 {
 	s->closed = true;
-	store_cancel(&s->req);
-	queue_cancel(&s->qreq);
+	cancel_work(s);
 	io_close(s->c, reason);
 }
 

@@ -159,7 +159,8 @@ static void load_work(void *arg)
 	}
 	char **ids = NULL;
 	size_t n = 0;
-	queue_clean(j->dir);         /* crash leftovers: only at start-up */
+	/* crash leftovers were removed by the server before it listened
+	 * (queue_clean must not race with sessions writing new entries) */
 	if (queue_list(j->dir, &ids, &n) == -1)
 		return;
 	for (size_t i = 0; i < n; i++)

@@ -19,6 +19,7 @@
 #include "common/xmalloc.h"
 #include "protocols/protocols.h"
 #include "server/server.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 struct server *server;
@@ -268,6 +269,11 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 	server->auth = auth_new(cfg, err, errlen);
 	if (server->auth == NULL)
 		return -1;
+	/* what a crash left in the queue (a .msg without its .env, *.tmp) goes
+	 * before any session can be writing a new entry (design §6) */
+	char *qdir = xasprintf("%s/queue", cfg->server.data_dir);
+	queue_clean(qdir);
+	free(qdir);
 	server->throttle = throttle_new(cfg->auth.max_failures, cfg->auth.fail_window);
 	server->base = event_base_new();
 	if (listener_open_all(server, err, errlen) == -1)
