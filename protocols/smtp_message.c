@@ -148,6 +148,12 @@ static void transaction_failed(struct smtp_session *s, int code, const char *enh
 
 static void accepted(struct smtp_session *s)
 {
+	bool remote = false;
+	for (size_t i = 0; i < s->nrcpts; i++)
+		remote |= s->rcpts[i].account == NULL;
+	/* only now: a 451 after the queue write takes the entry back (unqueue) */
+	if (remote && server->relay != NULL)
+		relay_submitted(server->relay, s->id);
 	log_result(s, true, "queued", s->msg.len - s->body_start);
 	smtp_reply(s, 250, "2.0.0", "Ok: queued as %s", s->id);
 	s->messages++;

@@ -387,6 +387,7 @@ struct relay_params {
 	int port;                    /* remote SMTP port (25; tests use a local one) */
 	uint64_t retry_initial, retry_max, warn_after, max_queue_time;   /* seconds */
 	int connect_timeout, cmd_timeout, data_timeout;                   /* seconds */
+	bool hold;                   /* keep everything queued, attempt nothing */
 	/* malloc'ed account address when addr is a local mailbox, else NULL */
 	char *(*local_account)(void *arg, const char *addr);
 	void *hook_arg;
@@ -397,5 +398,212 @@ struct relay *relay_new(struct event_base *base, struct aio *aio, const struct r
 void relay_submitted(struct relay *r, const char *id);
 size_t relay_queued(const struct relay *r);
 void relay_free(struct relay **r_r);
+
+/* ------------------------------------------------------------------ mta.c */
+
+/* The outbound SMTP client (design §6): one connection that offers one
+ * message to the recipients of one destination, on the reactor, on
+ * bufferevents (OpenSSL for STARTTLS). The model is OpenSMTPD's
+ * mta_session.c: a state enum and one logged state change function.
+ *
+ * mta_deliver tries p->addrs in order. A failure before the MAIL
+ * transaction (connection refused or timed out, 4xx/5xx greeting, EHLO and
+ * HELO refused, STARTTLS or AUTH failing, a lost connection, a malformed
+ * reply) moves on to the next address; when none is left every recipient
+ * gets the failure of the last address that was tried, permanent only if
+ * every address answered with a 5xx (RFC 5321 §3.1, §5.1), else temporary.
+ * From MAIL on, the verdict is final and no other address is tried (that
+ * would risk duplicates). The rules:
+ * - STARTTLS (RFC 3207) whenever offered and p->tls is set; EHLO again
+ *   after it. A failed handshake (or anything sent in clear behind the
+ *   220, RFC 3207 §4, which is never read as if it came under TLS)
+ *   reconnects once to the same address without TLS (opportunistic),
+ *   unless tls_required (then 4.7.5); a refused STARTTLS
+ *   command goes on in clear, unless tls_required. tls_required and no
+ *   STARTTLS offered: temporary failure 4.7.10. The SSL_CTX decides the
+ *   certificate checks; the SNI is mx_name unless that is an IP literal.
+ * - AUTH PLAIN (preferred) or LOGIN (RFC 4954) when auth_user is set, only
+ *   under TLS or, without tls_required, to a loopback address; anything
+ *   else (no TLS, mechanism not offered, credentials refused even with
+ *   5xx) is a temporary failure: a configuration problem must not bounce.
+ * - Before MAIL, permanent failures for every recipient: SIZE (RFC 1870)
+ *   below msg_size 5.3.4; SMTPUTF8 needed (p->smtputf8, or a non-ASCII
+ *   sender or recipient) but not offered 5.6.7 (RFC 6531 §3.5); body_8bit
+ *   without 8BITMIME 5.6.3 (RFC 6152 §3: no downgrade is attempted).
+ *   MAIL carries SIZE=, BODY=8BITMIME, SMTPUTF8 when offered and needed;
+ *   RET=, ENVID= (xtext) and NOTIFY=, ORCPT= only when DSN is offered
+ *   (RFC 3461). A non-ASCII ORCPT is sent as utf-8-addr-unitext with
+ *   SMTPUTF8, else utf-8-addr-xtext (RFC 6533 §3).
+ * - PIPELINING offered (RFC 2920): MAIL and every RCPT in one write, DATA
+ *   after the last RCPT reply; else one command at a time.
+ * - RCPT: 2xx accepted, 4xx temporary, 5xx permanent for that recipient.
+ *   MAIL refused: every recipient gets that reply. None accepted: QUIT.
+ * - DATA: the message file is read in 64 KiB pieces on the aio pool (only
+ *   while less than 64 KiB waits to be sent), dot-stuffed (RFC 5321
+ *   §4.5.2) with bare CR and LF turned into CRLF (mta_stuff_*). The final
+ *   reply applies to every accepted recipient. A lost connection, a
+ *   timeout or a read error before that reply: temporary failure, never
+ *   delivered; the final "." is never sent after a failed read.
+ * - Replies (mta_reply_feed): CRLF lines only, one code per reply, at most
+ *   MTA_REPLY_MAX octets (a longer one, e.g. a 100 KiB line, is a protocol
+ *   error: temporary failure, nothing buffered beyond what was read).
+ * - Timeouts (RFC 5321 §4.5.3.2), each 0 for its default: connect_timeout
+ *   for the TCP connect; cmd_timeout for the greeting, EHLO, STARTTLS and
+ *   the handshake, AUTH, MAIL, RCPT, DATA; data_timeout without progress
+ *   in writing the message; final_timeout for the reply to "."; a QUIT
+ *   reply is awaited at most MTA_QUIT_TIMEOUT. Any of them: temporary.
+ *
+ * Results. A recipient's reply is the remote reply, its lines joined with
+ * "\n" ("550-5.1.1 No\n550 5.1.1 such user"), code its code and enhanced
+ * its RFC 3463 code, or "<class>.0.0" when the server gave none; a reply
+ * taken as a temporary failure (a 2xx where none belongs, a refused AUTH)
+ * gets a 4.x.x enhanced code (5.7.8 -> 4.7.8; 2.x.x -> 4.5.0). A failure
+ * made here (connect refused, timeout, policy) has code 0, a text that does
+ * not start with a reply code, and an enhanced code of ours (4.4.1 no
+ * answer, 4.4.2 connection lost or timed out, 4.5.0 bad reply, 4.7.5 TLS
+ * failure, 4.7.10 TLS needed, 4.7.0 AUTH unusable, 4.3.0 local read
+ * error, 5.3.4, 5.6.7, 5.6.3 above). conn_status is MTA_OK when the
+ * recipients were decided one by one (RCPT, then the reply to "."), else the
+ * one status they all share from a single connection-level event (no
+ * address took the connection, a pre-MAIL check, MAIL refused, DATA
+ * refused or lost before any RCPT was refused on its own). remote_ip is
+ * the last address tried, tls whether the transaction ran under TLS.
+ *
+ * Threading and lifetime: reactor thread only. mta_deliver copies p (the
+ * caller may free it when it returns) but for p->tls and p->aio, borrowed
+ * until cb or mta_cancel; it never calls cb from inside;
+ * cb runs exactly once, later, unless mta_cancel came first; res is then
+ * owned by cb (mta_result_free). The handle is valid until cb starts;
+ * mta_cancel(&r) inside cb only NULLs r. mta_cancel frees everything (the
+ * connection is closed without QUIT; a file read in flight finishes on its
+ * worker and is dropped) and never calls back. Nothing of the session
+ * (commands, replies, credentials) is logged: the caller logs the result. */
+
+struct event_base;
+struct sockaddr_storage;
+struct ssl_ctx_st;                 /* SSL_CTX */
+
+#define MTA_REPLY_LINE_MAX 512     /* octets kept of each reply line, RFC 5321 §4.5.3.1.5 */
+#define MTA_REPLY_MAX (64u * 1024) /* octets of one reply on the wire, CRLFs included */
+#define MTA_CONNECT_TIMEOUT_DEFAULT 30
+#define MTA_CMD_TIMEOUT_DEFAULT 300      /* RFC 5321 §4.5.3.2.1-.5 */
+#define MTA_DATA_TIMEOUT_DEFAULT 180     /* §4.5.3.2.5 data block */
+#define MTA_FINAL_TIMEOUT_DEFAULT 600    /* §4.5.3.2.6 DATA termination */
+#define MTA_QUIT_TIMEOUT 10
+
+struct mta_params {
+	/* Tried in order until one answers; AF_INET or AF_INET6. An address's
+	 * own port is used when it is not 0, else port. */
+	const struct sockaddr_storage *addrs;
+	size_t naddrs;
+	int port;                          /* normally 25 */
+	const char *mx_name;               /* SNI, results' remote_host; NULL: the IP */
+	const char *helo;                  /* our hostname for EHLO/HELO */
+	struct ssl_ctx_st *tls;            /* client context; NULL: never STARTTLS */
+	bool tls_required;                 /* needs tls */
+	const char *auth_user, *auth_pass; /* both or neither */
+	const char *sender;                /* "" = null reverse-path */
+	bool smtputf8, body_8bit;          /* what the message needs */
+	const char *envid;                 /* NULL or "": none; decoded (xtext-encoded here) */
+	int ret;                           /* enum queue_ret */
+	const char *const *rcpts;          /* nrcpts >= 1 mailboxes */
+	const unsigned *notify;            /* NULL, or QUEUE_NOTIFY_* bits per recipient */
+	const char *const *orcpt;          /* NULL, or per recipient "" or "<type>;<decoded addr>" */
+	size_t nrcpts;
+	const char *msg_path;              /* the message: CRLF lines (queue .msg) */
+	uint64_t msg_size;                 /* 0: unknown (no SIZE= and no SIZE check) */
+	struct aio *aio;                   /* reads the message file */
+	int connect_timeout, cmd_timeout, data_timeout, final_timeout;   /* seconds, 0: default */
+};
+
+enum mta_status { MTA_OK = 0, MTA_TEMPFAIL, MTA_PERMFAIL };
+
+struct mta_rcpt_result {
+	enum mta_status status;
+	int code;                          /* reply code, 0 for a failure made here */
+	char enhanced[16];                 /* "5.1.1" */
+	char *reply;                       /* owned, never NULL */
+};
+
+struct mta_result {
+	enum mta_status conn_status;
+	char *error;                       /* owned: with conn_status not MTA_OK, the reply
+	                                      every recipient got; else NULL */
+	/* No address got as far as MAIL (connection, greeting, EHLO, TLS,
+	 * AUTH): the failure is the hosts' and another MX may do better (RFC
+	 * 5321 §5.1); conn_status then says whether every address answered
+	 * with a 5xx (PERMFAIL) or not. */
+	bool host_failed;
+	char *remote_host;                 /* owned: mx_name (or the IP) */
+	char *remote_ip;                   /* owned: last address tried, "" if none */
+	bool tls;
+	char *tls_version;                 /* owned, NULL without TLS */
+	struct mta_rcpt_result *rcpts;     /* owned, in p->rcpts order */
+	size_t nrcpts;
+};
+
+struct mta_req;
+typedef void (*mta_done_cb)(void *arg, struct mta_result *res);
+
+/* NULL with errno EINVAL when p breaks a rule above: no address or
+ * recipient, a missing string, a control octet in helo, sender, a
+ * recipient, envid or orcpt (no command injection), a space in helo,
+ * tls_required without tls, auth_user without auth_pass, no aio. */
+struct mta_req *mta_deliver(struct event_base *base, const struct mta_params *p, mta_done_cb cb,
+    void *arg);
+void mta_cancel(struct mta_req **r_r);
+void mta_result_free(struct mta_result **r_r);
+const char *mta_status_name(enum mta_status s);   /* "ok", "tempfail", "permfail" */
+
+/* Pure, for tests and fuzzing: a resumable reader of one SMTP reply (RFC
+ * 5321 §4.2). Feed what arrived, in any split: 1 when the reply is complete
+ * (*consumed_r octets used, the rest belongs to the next reply), 0 when all
+ * was used and more is needed, -1 on error (r->error; *consumed_r up to the
+ * fault). Each line is "ddd", "ddd text" or "ddd-text" (continued) ending in
+ * CRLF, d in 2-5/0-5/0-9, every line with the same code. Past
+ * MTA_REPLY_MAX octets: MTA_REPLY_E_TOO_LONG, found without storing more.
+ * Call mta_reply_reset before the next reply. */
+enum mta_reply_error {
+	MTA_REPLY_E_NONE = 0,
+	MTA_REPLY_E_SYNTAX,                /* not a reply line */
+	MTA_REPLY_E_CODE_MISMATCH,         /* lines with different codes */
+	MTA_REPLY_E_BARE_EOL,              /* CR or LF not in a CRLF pair */
+	MTA_REPLY_E_TOO_LONG,              /* over MTA_REPLY_MAX */
+};
+
+struct mta_reply {
+	int code;                          /* set when complete */
+	char enhanced[16];                 /* of the first line when its class fits code, else "" */
+	/* Lines without CRLF joined by "\n", each cut at MTA_REPLY_LINE_MAX
+	 * octets, other control octets turned into spaces; owned, NUL-terminated
+	 * once anything was fed. Grows with the reply, never past MTA_REPLY_MAX. */
+	char *text;
+	size_t text_len, text_cap;
+	size_t nlines;
+	enum mta_reply_error error;
+	/* reader state */
+	size_t wire;                       /* octets of this reply so far */
+	size_t line_start, line_len;       /* current line in text, its octets kept */
+	bool cr, done;
+};
+
+void mta_reply_init(struct mta_reply *r);
+void mta_reply_reset(struct mta_reply *r);      /* for the next reply; keeps memory */
+void mta_reply_free(struct mta_reply *r);
+int mta_reply_feed(struct mta_reply *r, const char *p, size_t len, size_t *consumed_r);
+const char *mta_reply_strerror(enum mta_reply_error e);
+
+/* Pure: the message as sent after DATA (RFC 5321 §4.5.2): a "." starting a
+ * line doubled, bare CR and bare LF written as CRLF, in any split of the
+ * input. mta_stuff writes at most 2 * len + 2 octets to out and returns
+ * how many; mta_stuff_end then writes the end: CRLF when the message does
+ * not end with one, and ".\r\n" (at most MTA_STUFF_END_MAX octets). */
+#define MTA_STUFF_END_MAX 5
+struct mta_stuff {
+	bool mid_line;                     /* inside a line (false at the start) */
+	bool cr;                           /* a CR held back, its LF may follow */
+};
+size_t mta_stuff(struct mta_stuff *st, const char *in, size_t len, char *out);
+size_t mta_stuff_end(struct mta_stuff *st, char *out);
 
 #endif

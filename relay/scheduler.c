@@ -19,6 +19,8 @@
 #include <time.h>
 
 #include <event2/event.h>
+#include <openssl/ssl.h>
+#include <sys/stat.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -395,10 +397,11 @@ static void round_done(struct rentry *e)
 		send_dsn(e, BOUNCE_DELAY);
 		e->env.warned = true;
 	}
-	/* failed recipients are reported once: mark them done */
+	/* a failed recipient is reported once: NOTIFY=NEVER from now on keeps it
+	 * out of later DSNs of this entry (its state stays Q_FAILED) */
 	for (size_t i = 0; i < e->env.nrcpts; i++)
 		if (e->env.rcpts[i].state == Q_FAILED)
-			e->env.rcpts[i].state = Q_DELIVERED, e->env.rcpts[i].notify = QUEUE_NOTIFY_NEVER;
+			e->env.rcpts[i].notify = QUEUE_NOTIFY_NEVER;
 	e->env.next_attempt = now + backoff(r, e->env.attempts);
 	e->busy = false;
 	r->active--;
@@ -445,7 +448,7 @@ static void mta_done(void *arg, struct mta_result *res)
 {
 	struct attempt *a = arg;
 	a->mreq = NULL;
-	if (res->conn_status == MTA_TEMPFAIL && res->nrcpts == 0) {
+	if (res->host_failed) {
 		free(a->last_error);
 		a->last_error = xstrdup(res->error ? res->error : "connection failed");
 		mta_result_free(&res);
@@ -495,10 +498,12 @@ static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list
 		.body_8bit = a->e->env.body != QUEUE_BODY_7BIT, .envid = a->e->env.envid,
 		.ret = (int)a->e->env.ret, .rcpts = rcpts, .notify = notify, .orcpt = orcpt, .nrcpts = a->n,
 		.aio = r->aio, .connect_timeout = r->p.connect_timeout, .cmd_timeout = r->p.cmd_timeout,
-		.data_timeout = r->p.data_timeout,
+		.data_timeout = r->p.data_timeout, .final_timeout = r->p.data_timeout,
 	};
 	char *path = queue_msg_path(r->p.queue_dir, a->e->env.id);
+	struct stat sb;
 	mp.msg_path = path;
+	mp.msg_size = stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;   /* for SIZE= (RFC 1870) */
 	a->mreq = mta_deliver(r->base, &mp, mta_done, a);
 	free(path);
 	free(rcpts);
@@ -604,6 +609,8 @@ static void start_round(struct rentry *e)
 
 static void schedule(struct relay *r)
 {
+	if (r->p.hold)
+		return;
 	time_t now = time(NULL);
 	for (struct rentry *e = r->head, *next; e != NULL && r->active < RELAY_MAX_ACTIVE; e = next) {
 		next = e->next;

@@ -780,6 +780,7 @@ static const struct key relay_keys[] = {
 	K("retry_max", key_dur64, OFF(relay.retry_max), .min = 1, .max = DAYS(30)),
 	K("warn_after", key_dur64, OFF(relay.warn_after), .min = 0, .max = DAYS(365)),
 	K("max_queue_time", key_dur64, OFF(relay.max_queue_time), .min = 1, .max = DAYS(365)),
+	K("hold", key_bool, OFF(relay.hold)),
 	{ .name = NULL },
 };
 static const struct key root_keys[] = {

@@ -252,6 +252,52 @@ int server_drop_privileges(const struct config *cfg)
 	return 0;
 }
 
+/* For the relay's DSNs: the local account of addr, or NULL (relay/ cannot see auth) */
+static char *local_account(void *arg, const char *addr)
+{
+	(void)arg;
+	char *a = xstrdup(addr), *at = strrchr(a, '@');
+	const struct account *acct = NULL;
+	char *r = NULL;
+	if (at != NULL) {
+		*at = '\0';
+		if (auth_lookup_recipient(server->auth, a, at + 1, &acct) == AUTH_RCPT_LOCAL)
+			r = xstrdup(acct->address);
+	}
+	free(a);
+	return r;
+}
+
+/* The relay is not essential to receiving mail: if it cannot start (e.g. a
+ * bad resolver setting) the server runs and logs why; queued mail waits. */
+static void relay_start(const struct config *cfg)
+{
+	char err[512] = "";
+	char *qdir = xasprintf("%s/queue", cfg->server.data_dir);
+	char *smarthost = xstrdup(cfg->relay.smarthost);
+	int port = cfg->relay.port;
+	char *colon = strrchr(smarthost, ':');
+	if (colon != NULL && strchr(colon, ']') == NULL) {   /* "host:port" */
+		*colon = '\0';
+		port = atoi(colon + 1);
+	}
+	struct relay_params p = {
+		.queue_dir = qdir, .data_dir = cfg->server.data_dir, .hostname = cfg->server.hostname,
+		.smarthost = smarthost, .dns_servers = cfg->relay.dns_servers,
+		.ndns_servers = cfg->relay.ndns_servers, .dns_port = cfg->relay.dns_port,
+		.port = port, .retry_initial = cfg->relay.retry_initial,
+		.retry_max = cfg->relay.retry_max, .warn_after = cfg->relay.warn_after,
+		.max_queue_time = cfg->relay.max_queue_time, .hold = cfg->relay.hold,
+		.connect_timeout = 30, .cmd_timeout = 300, .data_timeout = 600,
+		.local_account = local_account,
+	};
+	server->relay = relay_new(server->base, store_aio(server->store), &p, err, sizeof(err));
+	if (server->relay == NULL)
+		log_msg(LL_ERROR, "relay.start_failed", "%s (queued mail is kept, not sent)", err);
+	free(smarthost);
+	free(qdir);
+}
+
 static int server_init(struct config *cfg, char *err, size_t errlen)
 {
 	server->cfg = cfg;
@@ -283,6 +329,7 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 		return -1;
 	}
 	server->store = store_new(server->base, cfg->server.data_dir, cfg->server.hostname, 3);
+	relay_start(cfg);
 	return 0;
 }
 
@@ -290,6 +337,7 @@ static void server_cleanup(struct run_state *rs)
 {
 	conn_free_all(server);
 	listener_close_all(server);
+	relay_free(&server->relay);
 	store_free(&server->store);
 	struct event *evs[] = { rs->sigterm, rs->sigint, rs->sighup, rs->drain_timer };
 	for (size_t i = 0; i < sizeof(evs) / sizeof(evs[0]); i++)

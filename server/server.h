@@ -15,6 +15,7 @@ struct store;
 struct auth;
 struct auth_sasl;
 struct logline;
+struct relay;
 struct yaml_document_s;          /* libyaml's, for config.c and config_override.c */
 struct yaml_node_s;
 
@@ -108,6 +109,7 @@ struct config {
 		int dns_port;
 		int port;
 		uint64_t retry_initial, retry_max, warn_after, max_queue_time; /* seconds */
+		bool hold;               /* true: keep queued mail, attempt no delivery (maintenance, tests) */
 	} relay;
 };
 
@@ -402,6 +404,7 @@ struct server {
 	struct auth *auth;           /* current account snapshot; sessions keep refs */
 	struct throttle *throttle;
 	struct store *store;
+	struct relay *relay;         /* outbound queue; NULL when it could not start */
 	struct tls *tls;             /* current certificates; connections keep refs */
 	struct listener **listeners;
 	size_t nlisteners;

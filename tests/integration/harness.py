@@ -210,6 +210,8 @@ class Server:
                           for p, port in self.ports.items()],
             "domains": ["example.org"],
             "auth": {"allow_plaintext": self.allow_plaintext},
+            # queued remote mail stays put unless a test (test_relay) turns delivery on
+            "relay": {"hold": True},
         }
         if self.users_file_path:
             cfg["users_file"] = self.users_file_path
