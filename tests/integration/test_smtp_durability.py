@@ -113,6 +113,11 @@ class KillNine(unittest.TestCase):
                         m.state = "acked"
                         with lock:
                             acked[0] += 1
+                            if acked[0] == target and not killed:
+                                # kill from here, not from a polling main thread that the
+                                # scheduler may starve until every message is through
+                                killed.append(acked[0])
+                                srv.kill9()
                     elif r.startswith("451 4.3.0 "):
                         m.state = "tempfail"                # allowed, but then nothing may be stored
                         tempfails.append(f"{m.mid}: {r}")
@@ -129,14 +134,17 @@ class KillNine(unittest.TestCase):
 
         threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(NCLIENTS)]
         target = rng.randint(10, NMESSAGES - 30)
+        killed = []
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20
-        while acked[0] < target and time.monotonic() < deadline and any(t.is_alive() for t in threads):
-            time.sleep(0.001)
-        time.sleep(rng.random() * 0.02)
-        killed_at = acked[0]
-        srv.kill9()
+        while not killed and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.01)
+        with lock:
+            if not killed:
+                killed.append(acked[0])
+                srv.kill9()
+        killed_at = killed[0]
         for t in threads:
             t.join(15)
         self.assertFalse(any(t.is_alive() for t in threads), "client threads hung after kill -9")
