@@ -10,11 +10,13 @@
 #include <sys/stat.h>
 #include <sysexits.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/log.h"
 #include "common/xmalloc.h"
 #include "server/server.h"
+#include "relay/relay.h"
 #include "store/store.h"
 
 #define DEFAULT_CONFIG "/etc/postling/postling.yaml"
@@ -425,6 +427,93 @@ int cli_deliver(int argc, char **argv)
 		r = deliver_stdin(cfg, acct);
 	}
 	auth_unref(&a);
+	cfg_free(&cfg);
+	cli_opts_free(&o);
+	return r;
+}
+
+/* ---- queue (read-only: the files are replaced atomically by the server) ---- */
+
+static const char *const rcpt_state_names[] = { "pending", "delivered", "deferred", "failed" };
+
+static void queue_print_line(const struct queue_env *env)
+{
+	char when[32];
+	struct tm tm;
+	time_t t = env->created;
+	localtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	size_t open = 0;
+	for (size_t i = 0; i < env->nrcpts; i++)
+		open += env->rcpts[i].state == Q_PENDING || env->rcpts[i].state == Q_DEFERRED;
+	printf("%s  %s  <%s>  %zu/%zu recipients open, %u attempts\n", env->id, when, env->sender,
+	    open, env->nrcpts, env->attempts);
+}
+
+static void queue_print_env(const struct queue_env *env)
+{
+	queue_print_line(env);
+	for (size_t i = 0; i < env->nrcpts; i++) {
+		const struct queue_rcpt *q = &env->rcpts[i];
+		printf("  <%s> %s, %u attempts%s%s%s%s\n", q->addr, rcpt_state_names[q->state], q->attempts,
+		    q->remote_mta[0] ? ", last host " : "", q->remote_mta,
+		    q->last_reply[0] ? ": " : "", q->last_reply);
+	}
+}
+
+int cli_queue(int argc, char **argv)
+{
+	static const char usage[] =
+	    "usage: postling queue [-c FILE] list\n"
+	    "       postling queue [-c FILE] show ID\n"
+	    "Lists the relay queue under <data_dir>/queue, or shows one entry's recipients\n"
+	    "with their state and the last remote reply.\n";
+	struct cli_opts o;
+	int r = parse_opts(argc, argv, usage, &o);
+	if (r < 0)
+		return opts_exit(r);
+	const char *verb = o.optind < argc ? argv[o.optind] : NULL;
+	const char *id = o.optind + 1 < argc ? argv[o.optind + 1] : NULL;
+	if (verb == NULL || (strcmp(verb, "list") != 0 && strcmp(verb, "show") != 0) ||
+	    (strcmp(verb, "show") == 0 && id == NULL)) {
+		fprintf(stderr, "%s", usage);
+		cli_opts_free(&o);
+		return EX_USAGE;
+	}
+	struct config *cfg = load_config(&o);
+	if (cfg == NULL) {
+		cli_opts_free(&o);
+		return EXIT_CONFIG;
+	}
+	char *dir = xasprintf("%s/queue", cfg->server.data_dir);
+	r = 0;
+	if (strcmp(verb, "show") == 0) {
+		struct queue_env env;
+		if (!queue_id_valid(id) || queue_read_env(dir, id, &env) == -1) {
+			fprintf(stderr, "postling queue: no queue entry %s\n", id);
+			r = 1;
+		} else {
+			queue_print_env(&env);
+			queue_env_free(&env);
+		}
+	} else {
+		char **ids = NULL;
+		size_t n = 0;
+		if (queue_list(dir, &ids, &n) == -1 && errno != ENOENT) {
+			fprintf(stderr, "postling queue: %s: %s\n", dir, strerror(errno));
+			r = 1;
+		}
+		for (size_t i = 0; i < n; i++) {
+			struct queue_env env;
+			if (queue_read_env(dir, ids[i], &env) == 0) {
+				queue_print_line(&env);
+				queue_env_free(&env);
+			}
+		}
+		printf("%zu queued\n", n);
+		xfree_strv(&ids);
+	}
+	free(dir);
 	cfg_free(&cfg);
 	cli_opts_free(&o);
 	return r;

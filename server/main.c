@@ -15,6 +15,7 @@ static const struct subcommand {
 	{ "passwd", cli_passwd, "hash a password read from standard input" },
 	{ "user", cli_user, "add, delete or list accounts in the users file" },
 	{ "deliver", cli_deliver, "deliver a message from standard input to a local mailbox" },
+	{ "queue", cli_queue, "list or show the relay queue" },
 };
 
 static void usage(FILE *f)

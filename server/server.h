@@ -391,6 +391,7 @@ int cli_check_config(int argc, char **argv);
 int cli_passwd(int argc, char **argv);
 int cli_user(int argc, char **argv);
 int cli_deliver(int argc, char **argv);
+int cli_queue(int argc, char **argv);
 
 /* ---------------------------------------------------------------- server.c */
 

@@ -9,7 +9,7 @@ import warnings
 
 from harness import REPO, Pop3Conn, Server, crlf, free_port, hash_password, make_message, postling_bin
 
-SUBCOMMANDS = ("serve", "check-config", "passwd", "user", "deliver")
+SUBCOMMANDS = ("serve", "check-config", "passwd", "user", "deliver", "queue")
 ERR_RE = r"^{path}:(\d+):(\d+): (.+)$"
 
 

@@ -652,6 +652,17 @@ class Submission(SmtpBase):
         self.assertEqual(self.queue_ids(), [qid])
         self.assertEqual(self.srv.queue_files(), [qid + ".env", qid + ".msg"], "stray files in the queue dir")
         env, msg = self.srv.queue_entry(qid)
+        # the operator's view of the same entry
+        p = self.srv.run_cli("queue", "-c", self.srv.config_path, "list")
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertRegex(p.stdout.decode(), rf"(?m)^{qid}  \S+ \S+  <alice@example.org>  2/2 recipients open, "
+                         r"0 attempts\n1 queued\n\Z")
+        p = self.srv.run_cli("queue", "-c", self.srv.config_path, "show", qid)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn("\n  <friend@remote.example> pending, 0 attempts\n"
+                      "  <Other@remote2.example> pending, 0 attempts\n", p.stdout.decode())
+        p = self.srv.run_cli("queue", "-c", self.srv.config_path, "show", "0000000000000000")
+        self.assertEqual((p.returncode, p.stderr.decode()), (1, "postling queue: no queue entry 0000000000000000\n"))
         t = re.search(r"^created (\d+)$", env, re.M)
         self.assertIsNotNone(t, env)
         t = t.group(1)
