@@ -466,10 +466,13 @@ static int key_proto(struct ctx *c, yaml_node_t *v, void *base, const struct key
 	if (v->type != YAML_SCALAR_NODE)
 		return type_err(c, v, k->name, "a protocol name");
 	for (int p = 0; p < PROTO__COUNT; p++) {
-		if (strcasecmp(scalar(v), proto_names[p]) == 0) {
-			*(enum cfg_proto *)field(base, k->off) = (enum cfg_proto)p;
-			return 0;
-		}
+		if (strcasecmp(scalar(v), proto_names[p]) != 0)
+			continue;
+		if (p == PROTO_IMAP || p == PROTO_IMAPS)
+			return fail(c, v, "protocol '%s' is not available in this version of Postling yet "
+			    "(available: smtp, submission, submissions, pop3, pop3s)", proto_names[p]);
+		*(enum cfg_proto *)field(base, k->off) = (enum cfg_proto)p;
+		return 0;
 	}
 	return fail(c, v, "unknown protocol '%.60s' (valid: smtp, submission, submissions, imap, imaps, "
 	    "pop3, pop3s)", scalar(v));

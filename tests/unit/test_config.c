@@ -120,7 +120,7 @@ static void test_values_are_typed_and_normalised(void **state)
 	    "log: { level: debug, file: /tmp/p.log }\n"
 	    "tls: { self_signed: yes, min_version: \"1.3\" }\n"
 	    "listeners:\n"
-	    "  - { protocol: IMAPS, address: 127.0.0.1, port: 993 }\n"
+	    "  - { protocol: POP3S, address: 127.0.0.1, port: 995 }\n"
 	    "  - { protocol: smtp, address: [\"::1\", 127.0.0.1], port: '25' }\n"
 	    "domains: [Example.ORG, example.net]\n"
 	    "auth: { mechanisms: [plain, scram-sha-256-plus], fail_window: 1h }\n"
@@ -137,7 +137,7 @@ static void test_values_are_typed_and_normalised(void **state)
 	assert_string_equal(cfg->log.file, "/tmp/p.log");
 	assert_true(cfg->tls.self_signed);
 	assert_int_equal(cfg->tls.min_version, 13);
-	assert_int_equal(cfg->listeners[0].proto, PROTO_IMAPS);
+	assert_int_equal(cfg->listeners[0].proto, PROTO_POP3S);
 	assert_int_equal(cfg->listeners[0].naddresses, 1);
 	assert_string_equal(cfg->listeners[0].addresses[0], "127.0.0.1");
 	assert_int_equal(cfg->listeners[1].naddresses, 2);
@@ -236,8 +236,8 @@ static void test_example_yaml_loads(void **state)
 	struct config *cfg = cfg_load(path, NULL, 0, err, sizeof(err));
 	if (cfg == NULL)
 		fail_msg("%s", err);
-	assert_int_equal(cfg->nlisteners, 6);
-	assert_int_equal(cfg->listeners[5].proto, PROTO_POP3);
+	assert_int_equal(cfg->nlisteners, 5);
+	assert_int_equal(cfg->listeners[4].proto, PROTO_POP3);
 	assert_string_equal(cfg->users[0].aliases[0], "postmaster@example.org");
 	assert_int_equal(cfg->auth.fail_window, 900);
 	cfg_free(&cfg);
@@ -341,6 +341,10 @@ static void test_unknown_protocol_lists_valid_ones(void **state)
 {
 	expect_error("listeners:\n  - { protocol: pop4, port: 110 }\n",
 	    "t.yaml:2:17: unknown protocol 'pop4' (valid: smtp, submission, submissions, imap, imaps, pop3, pop3s)");
+	/* a known protocol this version does not serve yet is refused here, not at accept time */
+	expect_error("listeners:\n  - { protocol: imaps, port: 993 }\n",
+	    "t.yaml:2:17: protocol 'imaps' is not available in this version of Postling yet "
+	    "(available: smtp, submission, submissions, pop3, pop3s)");
 }
 
 static void test_listeners_scalar_is_wrong_type(void **state)
@@ -406,7 +410,7 @@ static void test_certificate_pair_is_accepted(void **state)
 	char cert[PATH_MAX], key[PATH_MAX], yaml[3 * PATH_MAX];
 	write_temp(cert, "-----BEGIN CERTIFICATE-----\n");
 	write_temp(key, "-----BEGIN PRIVATE KEY-----\n");
-	snprintf(yaml, sizeof(yaml), "listeners: [{ protocol: imaps, port: 993 }]\n"
+	snprintf(yaml, sizeof(yaml), "listeners: [{ protocol: pop3s, port: 995 }]\n"
 	    "tls: { certificates: [{ cert: %s, key: %s }] }\n", cert, key);
 	struct config *cfg = load(yaml);
 	assert_non_null(cfg);

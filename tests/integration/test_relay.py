@@ -1,0 +1,747 @@
+"""Outbound relay (issue 6, design §6) end to end on loopback: instance A (hostname
+test.example, domain example.org, submissions listener) relays what alice submits;
+the recipient domains are answered by a dnsmasq this module starts on 127.0.0.1:
+
+    remote.example   MX 10 mx.remote.example      mx.remote.example A 127.0.0.1
+    nullmx.example   MX 0 .                        (RFC 7505 null MX)
+    anything else under .example                   NXDOMAIN (--local=/example/)
+
+The MX is instance B (hostname mx.remote.example, domain remote.example, smtp + pop3s
+listeners), or a test's own socket server; relay.port of A is the port of whichever
+listens for that test (the relay uses one remote port for every MX).
+
+What is checked: the exact files (B's Maildir, A's queue, alice's DSNs), the JSON log
+lines of A (relay.delivered / relay.deferred / relay.bounced with mx, ip, tls, attempts,
+reply) and of B (smtp.accept), and that nothing is delivered twice.
+
+The scheduler ticks every 5 s and tries a new entry at once; retry_initial is 1s, so a
+retry comes at the first tick after a deferral (<= ~6 s). The SMTP client's timeouts
+(connect 30 s, command 300 s) are not configurable (server.c relay_start hard-codes
+them), so the "never answers" case only checks what can be seen in a few seconds.
+
+The module is skipped when dnsmasq is not installed (Debian dnsmasq-base)."""
+import ctypes
+import email
+import email.policy
+import email.utils
+import os
+import random
+import re
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+
+from harness import (Pop3Conn, Server, ServerError, SmtpConn, deep_merge, free_port, wait_until)
+
+PW = "Relay-Test-Pw-5d1a"
+ALICE = "alice@example.org"
+BOB = "bob@remote.example"
+CAROL = "carol@remote.example"
+NOBODY = "nobody@remote.example"
+A_HOST = "test.example"
+B_HOST = "mx.remote.example"
+
+DATE_RE = rb"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} [+-]\d{4}"
+QID_RE = r"[0-9a-v]{16}"
+QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as (" + QID_RE + r")$")
+AUTH_OK = "235 2.7.0 Authentication successful"
+RCPT_OK = "250 2.1.5 Ok"
+MAIL_OK = "250 2.1.0 Ok"
+GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"
+
+DELIVER_TIMEOUT = 12.0          # first attempt is immediate; a retry waits for a 5 s tick
+
+DNSMASQ = next((p for p in ("/usr/sbin/dnsmasq", "/usr/bin/dnsmasq", "/sbin/dnsmasq")
+                if os.access(p, os.X_OK)), None)
+
+ZONE = [
+    "--mx-host=remote.example,mx.remote.example,10",
+    "--host-record=mx.remote.example,127.0.0.1",
+    "--mx-host=nullmx.example,.,0",
+]
+
+
+# ---------------------------------------------------------------- DNS helpers
+
+def dns_query(port, name, qtype, timeout=1.0):
+    """One UDP query to 127.0.0.1:port; returns (rcode, answer RRs as [(type, rdata)])."""
+    qid = random.getrandbits(16)
+    q = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.split("."):
+        q += bytes([len(label)]) + label.encode()
+    q += b"\0" + struct.pack(">HH", qtype, 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(q, ("127.0.0.1", port))
+        pkt, _ = s.recvfrom(4096)
+    rid, flags, qd, an, _ns, _ar = struct.unpack(">HHHHHH", pkt[:12])
+    if rid != qid:
+        raise AssertionError("DNS id mismatch")
+    off = 12
+
+    def skip_name(o):
+        while True:
+            ln = pkt[o]
+            if ln == 0:
+                return o + 1
+            if ln & 0xC0 == 0xC0:
+                return o + 2
+            o += 1 + ln
+
+    for _ in range(qd):
+        off = skip_name(off) + 4
+    rrs = []
+    for _ in range(an):
+        off = skip_name(off)
+        t, _c, _ttl, rdlen = struct.unpack(">HHIH", pkt[off:off + 10])
+        off += 10
+        rrs.append((t, pkt[off:off + rdlen]))
+        off += rdlen
+    return flags & 0xF, rrs
+
+
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:<free port>, authoritative-ish for .example (--local)."""
+
+    def __init__(self, records):
+        self.tmp = tempfile.mkdtemp(prefix="postling-relay-dns-")
+        self.records = list(records)
+        self.proc = None
+        self.port = None
+
+    def start(self):
+        for _ in range(5):
+            self.port = free_udp_tcp_port()
+            log = open(os.path.join(self.tmp, "dnsmasq.log"), "wb")
+            self.proc = subprocess.Popen(
+                [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                 "--no-poll", "--bind-interfaces", "--listen-address=127.0.0.1", f"--port={self.port}",
+                 "--local=/example/", "--user=root", f"--pid-file={self.tmp}/dnsmasq.pid", *self.records],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, preexec_fn=_die_with_parent)
+            log.close()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    rcode, rrs = dns_query(self.port, "remote.example", 15, timeout=0.2)
+                    if rcode == 0 and rrs:
+                        return self
+                except (OSError, AssertionError):
+                    pass
+                time.sleep(0.05)
+            self.stop()
+        with open(os.path.join(self.tmp, "dnsmasq.log"), "rb") as f:
+            raise RuntimeError("dnsmasq did not come up: " + f.read().decode(errors="replace"))
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _die_with_parent():
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)     # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def free_udp_tcp_port():
+    for _ in range(50):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            t.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            t.close()
+            u.close()
+    raise RuntimeError("no free port")
+
+
+DNS = None
+NULL_MX_SKIP = None          # why the null MX case cannot run, or None
+
+
+def setUpModule():
+    global DNS, NULL_MX_SKIP
+    if DNSMASQ is None:
+        raise unittest.SkipTest("dnsmasq is not installed (Debian dnsmasq-base): no local resolver")
+    DNS = Dnsmasq(ZONE).start()
+    # dnsmasq --mx-host with target "." must give MX 0 "." (rdata: pref 0, root name)
+    try:
+        rcode, rrs = dns_query(DNS.port, "nullmx.example", 15)
+        if rcode != 0 or rrs != [(15, b"\0\0\0")]:
+            NULL_MX_SKIP = f"dnsmasq --mx-host=nullmx.example,.,0 gives rcode {rcode} answers {rrs!r}, not MX 0 ."
+    except (OSError, AssertionError) as e:
+        NULL_MX_SKIP = f"null MX check query failed: {e}"
+
+
+def tearDownModule():
+    if DNS is not None:
+        DNS.stop()
+
+
+# ---------------------------------------------------------------- remote SMTP stand-ins
+
+class HangingServer:
+    """Accepts TCP connections on 127.0.0.1 and never sends a byte (reads and drops)."""
+
+    def __init__(self):
+        self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(16)
+        self.port = self.ls.getsockname()[1]
+        self.conns = []
+        self.received = b""
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                s, _ = self.ls.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns.append(s)
+            threading.Thread(target=self._read, args=(s,), daemon=True).start()
+
+    def _read(self, s):
+        while True:
+            try:
+                d = s.recv(4096)
+            except OSError:
+                return
+            if not d:
+                return
+            with self.lock:
+                self.received += d
+
+    def count(self):
+        with self.lock:
+            return len(self.conns)
+
+    def close(self):
+        self.closed = True
+        try:
+            self.ls.close()
+        except OSError:
+            pass
+        with self.lock:
+            for s in self.conns:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+# ---------------------------------------------------------------- base class
+
+def received_a(qid, tls, rcpt=None):
+    """A's Received: (submission over implicit TLS, authenticated as alice)."""
+    s = re.escape(f"Received: from client.example ([127.0.0.1])\r\n\tby {A_HOST} (Postling) with ESMTPSA id {qid}"
+                  f"\r\n\t(using {tls[0]} with cipher {tls[1]})\r\n\t(Authenticated sender: {ALICE})").encode()
+    if rcpt:
+        s += re.escape(f"\r\n\tfor <{rcpt}>").encode()
+    return s + rb";\r\n\t" + DATE_RE + rb"\r\n"
+
+
+def received_b(rcpt=None):
+    """B's Received: for A's relay connection (EHLO test.example, STARTTLS, no AUTH);
+    group 1 is B's id."""
+    s = (re.escape(f"Received: from {A_HOST} ([127.0.0.1])\r\n\tby {B_HOST} (Postling) with ESMTPS id ").encode()
+         + rb"(" + QID_RE.encode() + rb")\r\n\t\(using TLSv1\.[23] with cipher [A-Za-z0-9_-]+\)")
+    if rcpt:
+        s += re.escape(f"\r\n\tfor <{rcpt}>").encode()
+    return s + rb";\r\n\t" + DATE_RE + rb"\r\n"
+
+
+def make_body(subject, text="Hello from alice.\r\n", to=BOB):
+    hdr = [f"From: Alice <{ALICE}>", f"To: <{to}>", f"Subject: {subject}",
+           f"Message-ID: <{subject.replace(' ', '-')}.{time.monotonic_ns()}@example.org>",
+           "Date: Mon, 01 Jan 2024 00:00:00 +0000"]
+    return ("\r\n".join(hdr) + "\r\n\r\n" + text).encode()
+
+
+def rcpt_lines(env):
+    """{addr: (orcpt, notify, state, attempts, updated, remote-mta, last-reply)} of an .env text."""
+    out = {}
+    for line in env.split("\n"):
+        if line.startswith("rcpt "):
+            f = line.split(" ")
+            assert len(f) == 9, line
+            out[f[1]] = tuple(f[2:])
+    return out
+
+
+def env_field(env, name):
+    m = re.search(rf"^{name} (\S+)$", env, re.M)
+    return m.group(1) if m else None
+
+
+class RelayTestCase(unittest.TestCase):
+    maxDiff = None
+
+    def setUp(self):
+        self._servers = []
+
+    def tearDown(self):
+        # every server this test started: alive (unless stopped on purpose), no sanitizer
+        # report, no password in the log, and a clean exit on SIGTERM
+        errors = []
+        for srv in self._servers:
+            try:
+                srv.assert_alive()
+                srv.assert_no_secrets_in_log()
+                if srv.running():
+                    t0 = time.monotonic()
+                    rc = srv.stop()
+                    srv.check_sanitizers()
+                    if rc != 0:
+                        raise ServerError(f"{srv.name}: exit status {rc} on SIGTERM\n{srv.log_tail()}")
+                    if time.monotonic() - t0 > 5:
+                        raise ServerError(f"{srv.name}: took {time.monotonic() - t0:.1f} s to stop")
+            except BaseException as e:          # noqa: BLE001 - report all, close all
+                errors.append(e)
+            finally:
+                srv.close()
+        if errors:
+            raise errors[0]
+
+    # -- servers
+    def server_b(self, users=(BOB,), config=None, start=True):
+        cfg = deep_merge({"server": {"hostname": B_HOST}, "domains": ["remote.example"]}, config)
+        b = Server(name="relayB", users={u: PW for u in users}, listeners=("smtp", "pop3s"), config=cfg)
+        self._servers.append(b)
+        if start:
+            b.start()
+        return b
+
+    def server_a(self, port, hold=False, config=None, start=True):
+        cfg = deep_merge({"relay": {"hold": hold, "dns": {"servers": ["127.0.0.1"], "port": DNS.port},
+                                    "port": port, "retry_initial": "1s"}}, config)
+        a = Server(name="relayA", users={ALICE: PW}, listeners=("submissions",), config=cfg)
+        self._servers.append(a)
+        if start:
+            a.start()
+        return a
+
+    # -- submission at A
+    def submit(self, a, rcpts, content, sender=ALICE, conn=None):
+        """One transaction over submissions as alice; returns (queue id, (tls version, cipher))."""
+        c = conn or self.login(a)
+        rs = c.transaction(sender, rcpts, content)
+        self.assertEqual(rs[0], MAIL_OK)
+        self.assertEqual(rs[1:-2], [RCPT_OK] * len(rcpts))
+        self.assertEqual(rs[-2], GO_AHEAD)
+        m = QUEUED_RE.match(rs[-1] or "")
+        self.assertIsNotNone(m, f"not queued: {rs!r}")
+        tls = (c.sock.version(), c.sock.cipher()[0])
+        if conn is None:
+            c.quit()
+            c.close()
+        return m.group(1), tls
+
+    def login(self, a):
+        c = SmtpConn.connect(a, "submissions")
+        self.addCleanup(c.close)
+        self.assertTrue(c.greeting.startswith("220 "), c.greeting)
+        c.ehlo("client.example")
+        self.assertEqual(c.auth_plain(ALICE, PW), AUTH_OK)
+        return c
+
+    # -- waiting and reading
+    def wait_event(self, srv, event, count=1, timeout=DELIVER_TIMEOUT, **fields):
+        return srv.wait_log(event, timeout=timeout, count=count, **fields)
+
+    def wait_queue_empty(self, a, timeout=5.0):
+        try:
+            wait_until(lambda: a.queue_files() == [], timeout=timeout, what="empty queue")
+        except AssertionError:
+            self.fail(f"A's queue dir not empty: {a.queue_files()}\n{a.log_tail()}")
+
+    def read_files(self, srv, user):
+        out = []
+        for p in srv.message_files(user):
+            with open(p, "rb") as f:
+                out.append(f.read())
+        return out
+
+    def one_file(self, srv, user):
+        files = self.read_files(srv, user)
+        self.assertEqual(len(files), 1, f"{user} at {srv.name}: {srv.message_files(user)}")
+        return files[0]
+
+    def dsns(self, a):
+        return self.read_files(a, ALICE)
+
+    def assert_relay_line(self, e, qid, rcpt, mx=B_HOST, ip="127.0.0.1", tls=True, attempts=1):
+        self.assertEqual(e.get("msgid"), qid, e)
+        self.assertEqual(e.get("from"), ALICE, e)
+        self.assertEqual(e.get("rcpt"), rcpt, e)
+        self.assertEqual(e.get("mx"), mx, e)
+        self.assertEqual(e.get("ip"), ip, e)
+        self.assertIs(e.get("tls"), tls, e)
+        self.assertEqual(e.get("attempts"), attempts, e)
+
+    def parse_dsn(self, data):
+        """(message, per-message fields, [per-recipient fields], third part) of a DSN file
+        as stored in alice's Maildir; checks the RFC 3464/6522 structure."""
+        prefix = f"Return-Path: <>\r\nDelivered-To: {ALICE}\r\n".encode()
+        self.assertTrue(data.startswith(prefix), data[:200])
+        self.assertIsNone(re.search(rb"(?<!\r)\n", data), "bare LF in the DSN")
+        msg = email.message_from_bytes(data[len(prefix):])
+        self.assertEqual(msg.get_content_type(), "multipart/report", data[:600])
+        self.assertEqual(msg.get_param("report-type"), "delivery-status")
+        self.assertEqual(msg["From"], f"Mail Delivery System <MAILER-DAEMON@{A_HOST}>")
+        self.assertEqual(msg["To"], f"<{ALICE}>")
+        self.assertEqual(msg["Auto-Submitted"], "auto-replied")
+        self.assertEqual(msg["MIME-Version"], "1.0")
+        self.assertIsNotNone(email.utils.parsedate_to_datetime(msg["Date"]))
+        self.assertRegex(msg["Message-ID"], r"^<[0-9a-f]{16}\." + QID_RE + r"@test\.example>$")
+        parts = msg.get_payload()
+        self.assertEqual([p.get_content_type() for p in parts],
+                         ["text/plain", "message/delivery-status", "text/rfc822-headers"])
+        blocks = parts[1].get_payload()
+        self.assertGreaterEqual(len(blocks), 2, parts[1].as_string())
+        per_msg = blocks[0]
+        self.assertEqual(per_msg["Reporting-MTA"], f"dns; {A_HOST}")
+        self.assertIsNotNone(email.utils.parsedate_to_datetime(per_msg["Arrival-Date"]))
+        return msg, per_msg, blocks[1:], parts
+
+    @staticmethod
+    def unfold(v):
+        return re.sub(r"\r?\n[ \t]+", " ", v) if v is not None else None
+
+
+# ===================================================================== 1. end to end
+
+class EndToEnd(RelayTestCase):
+    def test_submission_delivered_once_at_the_mx_and_read_over_pop3(self):
+        b = self.server_b()
+        a = self.server_a(b.port("smtp"))
+        content = make_body("end to end")
+        qid, tls = self.submit(a, [BOB], content)
+
+        [e] = self.wait_event(a, "relay.delivered", msgid=qid)
+        self.assert_relay_line(e, qid, BOB)
+        self.assertRegex(e["reply"], r"^250 2\.0\.0 Ok: queued as " + QID_RE + "$")
+        self.wait_queue_empty(a)
+
+        data = self.one_file(b, BOB)
+        prefix = f"Return-Path: <{ALICE}>\r\nDelivered-To: {BOB}\r\n".encode()
+        self.assertTrue(data.startswith(prefix), data[:300])
+        rest = data[len(prefix):]
+        m = re.match(received_b(BOB), rest)
+        self.assertIsNotNone(m, f"B's Received: does not match:\n{rest[:500]!r}")
+        bqid = m.group(1).decode()
+        rest = rest[m.end():]
+        m2 = re.match(received_a(qid, tls, BOB), rest)
+        self.assertIsNotNone(m2, f"A's Received: does not match:\n{rest[:500]!r}")
+        self.assertEqual(rest[m2.end():], content, "message content changed on the way")
+        # B's reply to "." named B's queue id: the one in its Received:
+        self.assertEqual(e["reply"], f"250 2.0.0 Ok: queued as {bqid}")
+
+        # B logged one accepted message, over TLS, from A's relay
+        acc = b.find_log("smtp.accept")
+        self.assertEqual(len(acc), 1, acc)
+        self.assertEqual(acc[0].get("msgid"), bqid, acc[0])
+        self.assertEqual(acc[0].get("from"), ALICE, acc[0])
+        self.assertEqual(acc[0].get("rcpts"), BOB, acc[0])
+        self.assertIs(acc[0].get("tls"), True, acc[0])
+
+        # read back over POP3 at B: the same octets
+        with Pop3Conn.connect(b, "pop3s") as p:
+            self.assertTrue(p.greeting.startswith("+OK"), p.greeting)
+            p.login(BOB, PW)
+            self.assertEqual(p.cmd("STAT"), f"+OK 1 {len(data)}")
+            first, lines = p.multi_cmd("RETR 1")
+            self.assertTrue(first.startswith("+OK"), first)
+            self.assertEqual("\r\n".join(lines).encode("latin-1") + b"\r\n", data)
+            self.assertTrue(p.cmd("QUIT").startswith("+OK"))
+
+        # exactly once: one relay.delivered, nothing else queued or attempted, no DSN
+        time.sleep(0.5)
+        self.assertEqual(len(a.find_log("relay.delivered")), 1)
+        self.assertEqual(a.find_log("relay.deferred") + a.find_log("relay.bounced"), [])
+        self.assertEqual(len(b.message_files(BOB)), 1)
+        self.assertEqual(self.dsns(a), [])
+        self.assertEqual(a.queue_files(), [])
+
+
+# ===================================================================== 2, 3, 7. bounces, dots
+
+class Bounces(RelayTestCase):
+    def test_550_from_the_remote_bounces_to_the_local_sender(self):
+        b = self.server_b()
+        a = self.server_a(b.port("smtp"))
+        content = make_body("half bounced")
+        qid, _tls = self.submit(a, [BOB, NOBODY], content)
+
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, rcpt=BOB)
+        [f] = self.wait_event(a, "relay.bounced", msgid=qid, rcpt=NOBODY)
+        self.assert_relay_line(d, qid, BOB)
+        self.assert_relay_line(f, qid, NOBODY)
+        unknown = f"550 5.1.1 <{NOBODY}>: Recipient address rejected: User unknown"
+        self.assertEqual(f["reply"], unknown)
+        [dsn_log] = self.wait_event(a, "relay.dsn", msgid=qid)
+        self.assertEqual((dsn_log.get("kind"), dsn_log.get("to"), dsn_log.get("local")),
+                         ("failure", ALICE, True), dsn_log)
+        self.wait_queue_empty(a)
+        wait_until(lambda: self.dsns(a), timeout=5, what="DSN in alice's Maildir")
+
+        [data] = self.dsns(a)
+        msg, per_msg, rcpts, parts = self.parse_dsn(data)
+        self.assertEqual(len(rcpts), 1, "the delivered recipient must not be in the DSN")
+        r = rcpts[0]
+        self.assertEqual(r["Final-Recipient"], f"rfc822; {NOBODY}")
+        self.assertEqual(r["Action"], "failed")
+        self.assertEqual(r["Status"], "5.1.1")
+        self.assertEqual(r["Remote-MTA"], f"dns; {B_HOST}")
+        self.assertEqual(self.unfold(r["Diagnostic-Code"]), f"smtp; {unknown}")
+        self.assertIsNotNone(email.utils.parsedate_to_datetime(r["Last-Attempt-Date"]))
+        self.assertNotIn(BOB, parts[0].get_payload())
+        self.assertIn(f"<{NOBODY}>", parts[0].get_payload())
+        # third part: the original header section (no RET given)
+        orig = parts[2].get_payload()
+        self.assertIn("Subject: half bounced", orig)
+        self.assertRegex(orig, r"Received: from client\.example \(\[127\.0\.0\.1\]\)")
+        self.assertNotIn("Hello from alice.", orig)
+
+        # the delivered one is at B once; no second DSN
+        self.assertEqual(len(b.message_files(BOB)), 1)
+        time.sleep(0.5)
+        self.assertEqual(len(self.dsns(a)), 1)
+        self.assertEqual(len(a.find_log("relay.dsn")), 1)
+
+    def _bounce_domain(self, rcpt, status, text):
+        """A message to rcpt (a domain without a usable MX) bounces with status/text."""
+        a = self.server_a(free_port())          # nothing is ever connected to
+        qid, _tls = self.submit(a, [rcpt], make_body(f"to {rcpt}", to=rcpt))
+        [f] = self.wait_event(a, "relay.bounced", msgid=qid, rcpt=rcpt)
+        self.assertEqual(f.get("reply"), text, f)
+        self.assertIs(f.get("tls"), False, f)
+        self.assertEqual(f.get("attempts"), 1, f)
+        self.wait_queue_empty(a)
+        wait_until(lambda: self.dsns(a), timeout=5, what="DSN in alice's Maildir")
+        [data] = self.dsns(a)
+        _msg, _pm, rcpts, _parts = self.parse_dsn(data)
+        self.assertEqual(len(rcpts), 1)
+        r = rcpts[0]
+        self.assertEqual(r["Final-Recipient"], f"rfc822; {rcpt}")
+        self.assertEqual(r["Action"], "failed")
+        self.assertEqual(r["Status"], status)
+        self.assertIsNone(r["Remote-MTA"], "no remote MTA was talked to")
+        self.assertEqual(self.unfold(r["Diagnostic-Code"]), f"X-Postling; {text}")
+        self.assertEqual(a.find_log("relay.delivered") + a.find_log("relay.deferred"), [])
+
+    def test_nxdomain_bounces_5_1_2(self):
+        self._bounce_domain("x@nxdomain.example", "5.1.2",
+                            "5.1.2 recipient domain does not exist (NXDOMAIN)")
+
+    def test_null_mx_bounces_5_1_10(self):
+        if NULL_MX_SKIP:
+            self.skipTest(NULL_MX_SKIP)
+        self._bounce_domain("x@nullmx.example", "5.1.10",
+                            "5.1.10 recipient domain does not accept mail (null MX, RFC 7505)")
+
+    def test_lines_starting_with_a_dot_arrive_intact(self):
+        b = self.server_b()
+        a = self.server_a(b.port("smtp"))
+        text = (".\r\n..\r\n...\r\n.hidden line\r\n..two dots\r\n . space first\r\nmid.dle\r\n"
+                "a line\r\n.\r\n.\r\nlast line\r\n.")       # no final CRLF: the client adds one
+        content = make_body("dots", text=text)
+        qid, tls = self.submit(a, [BOB], content)
+        self.wait_event(a, "relay.delivered", msgid=qid, rcpt=BOB)
+        self.wait_queue_empty(a)
+        data = self.one_file(b, BOB)
+        m = re.match(rb"Return-Path: <alice@example\.org>\r\nDelivered-To: bob@remote\.example\r\n"
+                     + received_b(BOB) + received_a(qid, tls, BOB), data)
+        self.assertIsNotNone(m, data[:600])
+        self.assertEqual(data[m.end():], content + b"\r\n", "dot lines changed on the way")
+        with Pop3Conn.connect(b, "pop3s") as p:
+            p.login(BOB, PW)
+            _first, lines = p.multi_cmd("RETR 1")
+            self.assertEqual("\r\n".join(lines).encode("latin-1") + b"\r\n", data)
+
+
+# ===================================================================== 4. remote down, then up
+
+class RemoteDown(RelayTestCase):
+    def test_deferred_while_down_delivered_once_when_up(self):
+        b = self.server_b(start=False)          # ports chosen, nothing listens yet
+        a = self.server_a(b.port("smtp"))
+        content = make_body("while down")
+        qid, tls = self.submit(a, [BOB], content)
+        [e] = self.wait_event(a, "relay.deferred", msgid=qid, rcpt=BOB, timeout=5)
+        self.assertEqual(e.get("attempts"), 1, e)
+        self.assertIs(e.get("tls"), False, e)
+        self.assertNotEqual(e.get("reply", ""), "", e)
+
+        def deferred_env():
+            env, _msg = a.queue_entry(qid)
+            return env if env_field(env, "attempts") not in (None, "0") else None
+        env = wait_until(deferred_env, timeout=5, what="envelope with attempts >= 1")
+        r = rcpt_lines(env)[BOB]
+        self.assertEqual(r[2], "deferred", env)
+        self.assertGreaterEqual(int(r[3]), 1, env)
+        self.assertGreaterEqual(int(env_field(env, "attempts")), 1, env)
+        self.assertGreater(int(env_field(env, "next-attempt")), int(env_field(env, "created")) - 1, env)
+        self.assertNotEqual(r[6], "-", f"no last reply recorded: {env}")
+        self.assertEqual(b.message_files(BOB), [])
+
+        b.start()
+        t0 = time.monotonic()
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, rcpt=BOB, timeout=DELIVER_TIMEOUT)
+        self.assertLess(time.monotonic() - t0, DELIVER_TIMEOUT)
+        self.assertGreaterEqual(d.get("attempts"), 2, d)
+        self.assertIs(d.get("tls"), True, d)
+        self.wait_queue_empty(a)
+        data = self.one_file(b, BOB)
+        self.assertTrue(data.endswith(content), data[-200:])
+        self.assertRegex(data, received_a(qid, tls, BOB))
+        time.sleep(0.5)
+        self.assertEqual(len(b.message_files(BOB)), 1)
+        self.assertEqual(len(a.find_log("relay.delivered", msgid=qid)), 1)
+        self.assertEqual(self.dsns(a), [], "no DSN for a message that was delivered")
+        self.assertEqual(a.find_log("relay.dsn"), [])
+
+
+# ===================================================================== 5. partial delivery
+
+class Partial(RelayTestCase):
+    def test_452_to_second_rcpt_only_that_one_retried(self):
+        # B takes one recipient per transaction: 452 4.5.3 to the second RCPT
+        b = self.server_b(users=(BOB, CAROL), config={"smtp": {"max_recipients": 1}})
+        a = self.server_a(b.port("smtp"))
+        content = make_body("partial")
+        qid, tls = self.submit(a, [BOB, CAROL], content)
+
+        [d1] = self.wait_event(a, "relay.delivered", msgid=qid, rcpt=BOB, timeout=5)
+        [df] = self.wait_event(a, "relay.deferred", msgid=qid, rcpt=CAROL, timeout=5)
+        self.assert_relay_line(d1, qid, BOB)
+        self.assert_relay_line(df, qid, CAROL)
+        self.assertEqual(df["reply"], "452 4.5.3 Too many recipients")
+
+        def env_after_first():
+            try:
+                env, _ = a.queue_entry(qid)
+            except FileNotFoundError:
+                return None
+            return env if env_field(env, "attempts") == "1" else None
+        env = wait_until(env_after_first, timeout=5, what="envelope after the first round")
+        rl = rcpt_lines(env)
+        self.assertEqual(rl[BOB][2:4], ("delivered", "1"), env)
+        self.assertEqual(rl[CAROL][2:4], ("deferred", "1"), env)
+
+        [d2] = self.wait_event(a, "relay.delivered", msgid=qid, rcpt=CAROL, timeout=DELIVER_TIMEOUT)
+        self.assert_relay_line(d2, qid, CAROL, attempts=2)
+        self.wait_queue_empty(a)
+        time.sleep(0.5)
+        for u in (BOB, CAROL):
+            data = self.one_file(b, u)
+            self.assertTrue(data.startswith(f"Return-Path: <{ALICE}>\r\nDelivered-To: {u}\r\n".encode()), data[:200])
+            self.assertTrue(data.endswith(content), data[-200:])
+            # A's Received: names no single recipient: the message had two
+            self.assertRegex(data, received_a(qid, tls))
+        self.assertEqual(len(a.find_log("relay.delivered", msgid=qid, rcpt=BOB)), 1)
+        self.assertEqual(len(a.find_log("relay.delivered", msgid=qid, rcpt=CAROL)), 1)
+        # the retry offered carol alone
+        acc = b.find_log("smtp.accept")
+        self.assertEqual([x.get("rcpts") for x in acc], [BOB, CAROL], acc)
+        self.assertEqual(self.dsns(a), [])
+
+
+# ===================================================================== 6. restart with a queue
+
+class RestartWithQueue(RelayTestCase):
+    N = 20
+
+    def test_held_queue_delivered_once_after_restart(self):
+        b = self.server_b()
+        a = self.server_a(b.port("smtp"), hold=True)
+        c = self.login(a)
+        sent = {}
+        for i in range(self.N):
+            content = make_body(f"queued {i:02d}")
+            qid, _tls = self.submit(a, [BOB], content, conn=c)
+            sent[qid] = content
+        c.quit()
+        self.assertEqual(len(sent), self.N)
+        self.assertEqual(a.queue_files(), sorted([q + ".env" for q in sent] + [q + ".msg" for q in sent]))
+        time.sleep(0.3)
+        self.assertEqual(a.find_log("relay.delivered") + a.find_log("relay.deferred"), [],
+                         "relay.hold: true attempted a delivery")
+        msgs = {q: a.queue_entry(q)[1] for q in sent}
+
+        self.assertEqual(a.stop(), 0)
+        a.write_config({"relay": {"hold": False}})
+        since = a.log_size()
+        a.start()
+        loaded = a.find_log("relay.loaded", since=since) or self.wait_event(a, "relay.loaded", timeout=5)
+        self.assertIn(str(self.N), loaded[-1].get("msg", "") + str(loaded[-1]), loaded[-1])
+        self.wait_event(a, "relay.delivered", count=self.N, timeout=DELIVER_TIMEOUT)
+        self.wait_queue_empty(a)
+        time.sleep(1.0)
+        delivered = a.find_log("relay.delivered")
+        self.assertEqual(sorted(e["msgid"] for e in delivered), sorted(sent), "delivered not exactly once each")
+        for e in delivered:
+            self.assert_relay_line(e, e["msgid"], BOB)
+        files = self.read_files(b, BOB)
+        self.assertEqual(len(files), self.N)
+        got = {}
+        for data in files:
+            m = re.match(rb"Return-Path: <alice@example\.org>\r\nDelivered-To: bob@remote\.example\r\n"
+                         + received_b(BOB), data)
+            self.assertIsNotNone(m, data[:400])
+            got.setdefault(data[m.end():], 0)
+            got[data[m.end():]] += 1
+        self.assertEqual(sorted(got), sorted(msgs.values()), "B's copies differ from A's queue files")
+        self.assertEqual(set(got.values()), {1})
+        self.assertEqual(self.dsns(a), [])
+
+
+# ===================================================================== 8. remote never answers
+
+class RemoteHangs(RelayTestCase):
+    def test_silent_remote_delivers_nothing_and_server_stays_responsive(self):
+        # The client's connect/command timeouts (30 s / 300 s) are fixed in server.c, so
+        # the deferral itself cannot be awaited here: only that nothing is delivered,
+        # no second connection is opened for the same entry, and A keeps working.
+        h = HangingServer()
+        self.addCleanup(h.close)
+        a = self.server_a(h.port)
+        qid, _tls = self.submit(a, [BOB], make_body("into the void"))
+        wait_until(lambda: h.count() >= 1, timeout=5, what="relay connection to the silent remote")
+        time.sleep(6)       # past the next 5 s tick: the busy entry must not be started again
+        self.assertEqual(h.count(), 1, "a second connection for an entry still in progress")
+        self.assertEqual(h.received, b"", "client spoke before the greeting")
+        for ev in ("relay.delivered", "relay.bounced", "relay.dsn"):
+            self.assertEqual(a.find_log(ev), [], ev)
+        env, _msg = a.queue_entry(qid)
+        self.assertEqual(rcpt_lines(env)[BOB][2], "pending", env)
+        # still serving: a second submission is accepted and queued
+        qid2, _ = self.submit(a, [BOB], make_body("second into the void"))
+        self.assertIn(qid2 + ".env", a.queue_files())
+        self.assertEqual(self.dsns(a), [])
+        # tearDown checks that SIGTERM ends A within 5 s despite the hung connections
+
+
+if __name__ == "__main__":
+    unittest.main()
