@@ -555,6 +555,8 @@ void mta_cancel(struct mta_req **r_r);
 void mta_result_free(struct mta_result **r_r);
 const char *mta_status_name(enum mta_status s);   /* "ok", "tempfail", "permfail" */
 
+/* ------------------------------------------------------------ mta_reply.c */
+
 /* Pure, for tests and fuzzing: a resumable reader of one SMTP reply (RFC
  * 5321 §4.2). Feed what arrived, in any split: 1 when the reply is complete
  * (*consumed_r octets used, the rest belongs to the next reply), 0 when all

@@ -17,6 +17,7 @@ struct auth_sasl;
 struct logline;
 struct relay;
 struct yaml_document_s;          /* libyaml's, for config.c and config_override.c */
+struct buf;                      /* common/buf.h, for cfg_read_file */
 struct yaml_node_s;
 
 /* ---------------------------------------------------------------- config.c */
@@ -122,20 +123,27 @@ struct config *cfg_load(const char *path, char *const *overrides, size_t noverri
 struct config *cfg_load_string(const char *name, const char *text, size_t len,
     char *const *overrides, size_t noverrides, char *err, size_t errlen);
 void cfg_free(struct config **cfg_r);
-/* Users file: YAML with a top-level `users:` list, same keys as in the config. */
-int cfg_load_users_file(const char *path, struct cfg_user **users_r, size_t *nusers_r,
-    char *err, size_t errlen);
+/* Frees n users (a malloc'ed array, as the users loaders return) and NULLs *users_r. */
 void cfg_users_free(struct cfg_user **users_r, size_t n);
-/* Write a users file atomically (temp + fsync + rename) */
-int cfg_save_users_file(const char *path, const struct cfg_user *users, size_t n,
-    char *err, size_t errlen);
 const char *cfg_proto_name(enum cfg_proto p);
 bool cfg_proto_implicit_tls(enum cfg_proto p);
 /* The embedded demo configuration (YAML text), data under ./var */
 extern const char cfg_demo_yaml[];
-/* Internal to config.c and config_override.c: a plain empty, "~" or "null"
- * scalar, an absent value (YAML 1.2 core schema). */
+/* Internal to config.c, config_override.c and users_file.c.
+ * A plain empty, "~" or "null" scalar, an absent value (YAML 1.2 core schema). */
 bool cfg_node_is_null(const struct yaml_node_s *n);
+/* The whole file at path into *b (initialized here; the caller buf_frees it
+ * on success), at most 16 MiB; 0, or -1 with "path: cannot open|read: why" in err. */
+int cfg_read_file(const char *path, struct buf *b, char *err, size_t errlen);
+/* Users file text -> accounts, mapped and checked like the config's `users:`
+ * (messages name `name`); on success *users_r is never NULL (cfg_users_free). */
+int cfg_load_users_text(const char *name, const char *text, size_t len, struct cfg_user **users_r,
+    size_t *nusers_r, char *err, size_t errlen);
+/* The keys of a users entry in config.c's table order, for the writer: the
+ * i-th one's name, how its field is written and its offset in struct
+ * cfg_user; NULL past the last. */
+enum cfg_user_field { CFG_USER_STR, CFG_USER_LIST, CFG_USER_SIZE, CFG_USER_OTHER };
+const char *cfg_user_key(size_t i, enum cfg_user_field *field_r, size_t *off_r);
 
 /* ---------------------------------------------------------------- config_override.c */
 
@@ -146,6 +154,16 @@ bool cfg_node_is_null(const struct yaml_node_s *n);
  * (an empty document first gets a root mapping), before it is mapped. 0, or -1
  * with "-o PATH: message" in err. */
 int cfg_apply_overrides(struct yaml_document_s *doc, char *const *ovr, size_t n,
+    char *err, size_t errlen);
+
+/* ---------------------------------------------------------------- users_file.c */
+
+/* Users file: YAML with a top-level `users:` list, same keys as in the config.
+ * A file that does not exist yet is no accounts (0, *users_r NULL). */
+int cfg_load_users_file(const char *path, struct cfg_user **users_r, size_t *nusers_r,
+    char *err, size_t errlen);
+/* Write a users file atomically (temp + fsync + rename) */
+int cfg_save_users_file(const char *path, const struct cfg_user *users, size_t n,
     char *err, size_t errlen);
 
 /* ---------------------------------------------------------------- auth.c */
@@ -189,12 +207,6 @@ void auth_unref(struct auth **a_r);
 size_t auth_count(const struct auth *a);
 const struct account *auth_find(const struct auth *a, const char *address);   /* case-insensitive */
 
-/* crypt(3) check; AUTH_OK or AUTH_FAIL (unknown user costs the same time as a bad password) */
-enum auth_result auth_check_password(const struct auth *a, const char *user, const char *pass,
-    const struct account **acct_r);
-/* APOP (RFC 1939 §7): digest = hex MD5(timestamp secret) */
-enum auth_result auth_check_apop(const struct auth *a, const char *user, const char *timestamp,
-    const char *digest_hex, const struct account **acct_r);
 /* Mechanisms offered on a connection, from auth.mechanisms, NULL-terminated, static strings
  * owned by `a`. Mechanisms need TLS (or loopback, or allow_plaintext) to be offered, -PLUS
  * also channel-binding data. Only mechanisms some account of the snapshot can use are
@@ -216,10 +228,6 @@ enum auth_result auth_sasl_step(struct auth_sasl *s, const char *in_b64, char **
 const char *auth_sasl_user(const struct auth_sasl *s);        /* valid after AUTH_OK */
 const char *auth_sasl_mech(const struct auth_sasl *s);
 void auth_sasl_free(struct auth_sasl **s_r);
-/* crypt(3) hash of a password with a fresh salt: yescrypt, else SHA-512-crypt */
-char *auth_hash_password(const char *pass);
-/* "<iter>:<salt>:<StoredKey>:<ServerKey>" for SCRAM-SHA-1 (sha256=false) or -256, fresh salt, 4096 iterations */
-char *auth_scram_keys(const char *pass, bool sha256);
 
 /* Internal to auth.c and recipient.c (the snapshot seen by its recipient
  * resolution): the i-th account (i < auth_count(a)); the address or alias
@@ -230,6 +238,27 @@ const struct account *auth_account_at(const struct auth *a, size_t i);
 const struct account *auth_find_parts(const struct auth *a, const char *local, size_t llen,
     const char *domain);
 char *const *auth_local_domains(const struct auth *a, size_t *n_r);
+
+/* Internal to auth.c and password.c: the hash a password check spends its time
+ * on for an unknown user or one without a hash (one of the snapshot's own when
+ * it has any, so that the decoy costs what a real check costs); the salt length
+ * of the SCRAM keys auth_scram_keys makes, which the salts auth.c makes up for
+ * names without stored keys share so that they look alike. */
+const char *auth_dummy_hash(const struct auth *a);
+#define AUTH_SCRAM_SALT_LEN 16
+
+/* ---------------------------------------------------------------- password.c */
+
+/* crypt(3) check; AUTH_OK or AUTH_FAIL (unknown user costs the same time as a bad password) */
+enum auth_result auth_check_password(const struct auth *a, const char *user, const char *pass,
+    const struct account **acct_r);
+/* APOP (RFC 1939 §7): digest = hex MD5(timestamp secret) */
+enum auth_result auth_check_apop(const struct auth *a, const char *user, const char *timestamp,
+    const char *digest_hex, const struct account **acct_r);
+/* crypt(3) hash of a password with a fresh salt: yescrypt, else SHA-512-crypt */
+char *auth_hash_password(const char *pass);
+/* "<iter>:<salt>:<StoredKey>:<ServerKey>" for SCRAM-SHA-1 (sha256=false) or -256, fresh salt, 4096 iterations */
+char *auth_scram_keys(const char *pass, bool sha256);
 
 /* ---------------------------------------------------------------- recipient.c */
 

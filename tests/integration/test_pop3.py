@@ -1304,8 +1304,7 @@ class RateLimit(ServerTestCase):
             self.assertTrue(data.startswith(b"-ERR [SYS/TEMP]"), f"6th connection in a minute got {data!r}")
         except (ConnectionClosed, ConnectionResetError):
             pass
-        self.assertTrue(self.srv.find_log("conn.refused", remote="127.0.0.60",
-                                          reason="max_connection_rate_per_ip reached"))
+        self.srv.wait_log("conn.refused", remote="127.0.0.60", reason="max_connection_rate_per_ip reached")
         other = self.conn(source="127.0.0.61")
         self.assertRegex(other.greeting, GREETING_RE)
 
