@@ -90,6 +90,45 @@ static struct config *load_config(const struct cli_opts *o)
 	return cfg;
 }
 
+/* The shape every config-reading subcommand shares: options, an argument
+ * check (usage on failure), the configuration, the action, cleanup. */
+typedef bool (*cli_args_ok)(char **args, int nargs);
+typedef int (*cli_action)(const struct config *cfg, const struct cli_opts *o, char **args, int nargs);
+
+static int run_with_config(int argc, char **argv, const char *usage, cli_args_ok ok, cli_action fn)
+{
+	struct cli_opts o;
+	int r = parse_opts(argc, argv, usage, &o);
+	if (r < 0)
+		return opts_exit(r);
+	char **args = argv + o.optind;
+	int nargs = argc - o.optind;
+	struct config *cfg = NULL;
+	if (!ok(args, nargs)) {
+		fprintf(stderr, "%s", usage);
+		r = EX_USAGE;
+	} else if ((cfg = load_config(&o)) == NULL) {
+		r = EXIT_CONFIG;
+	} else {
+		r = fn(cfg, &o, args, nargs);
+	}
+	cfg_free(&cfg);
+	cli_opts_free(&o);
+	return r;
+}
+
+static bool no_args(char **args, int nargs)
+{
+	(void)args;
+	return nargs == 0;
+}
+
+static bool one_arg(char **args, int nargs)
+{
+	(void)args;
+	return nargs == 1;
+}
+
 /* ---- serve ---- */
 
 static const char serve_usage[] =
@@ -136,33 +175,29 @@ int cli_serve(int argc, char **argv)
 
 /* ---- check-config ---- */
 
+static int check_config_main(const struct config *cfg, const struct cli_opts *o, char **args, int nargs)
+{
+	(void)o;
+	(void)args;
+	(void)nargs;
+	char err[1024];
+	struct auth *a = auth_new(cfg, err, sizeof(err));
+	if (a == NULL) {
+		fprintf(stderr, "%s\n", err);
+		return EXIT_CONFIG;
+	}
+	printf("%s: ok (%zu listeners, %zu accounts)\n", cfg->path, cfg->nlisteners, auth_count(a));
+	auth_unref(&a);
+	return 0;
+}
+
 int cli_check_config(int argc, char **argv)
 {
 	static const char usage[] =
 	    "usage: postling check-config [-c FILE] [-o key.path=value ...]\n"
 	    "Validates the configuration (and the users file it names); prints errors as\n"
 	    "file:line:column: message and exits 2 when it is not valid.\n";
-	struct cli_opts o;
-	int r = parse_opts(argc, argv, usage, &o);
-	if (r < 0)
-		return opts_exit(r);
-	struct config *cfg = load_config(&o);
-	r = EXIT_CONFIG;
-	if (cfg != NULL) {
-		char err[1024];
-		struct auth *a = auth_new(cfg, err, sizeof(err));
-		if (a == NULL) {
-			fprintf(stderr, "%s\n", err);
-		} else {
-			printf("%s: ok (%zu listeners, %zu accounts)\n", cfg->path, cfg->nlisteners,
-			    auth_count(a));
-			r = 0;
-		}
-		auth_unref(&a);
-	}
-	cfg_free(&cfg);
-	cli_opts_free(&o);
-	return r;
+	return run_with_config(argc, argv, usage, no_args, check_config_main);
 }
 
 /* ---- passwd ---- */
@@ -309,12 +344,8 @@ static int cli_user_run(const struct config *cfg, const char *verb, const char *
 		r = user_list(cfg, u, n);
 	else if (strcmp(verb, "add") == 0)
 		r = user_add(file, &u, &n, addr, secret);
-	else if (strcmp(verb, "del") == 0)
-		r = user_del(file, u, &n, addr);
-	else {
-		fprintf(stderr, "postling user: unknown action '%s' (add, del, list)\n", verb);
-		r = EX_USAGE;
-	}
+	else
+		r = user_del(file, u, &n, addr);     /* user_args_ok allows list, add, del */
 	if (r == 0 && strcmp(verb, "list") != 0 &&
 	    cfg_save_users_file(file, u, n, err, sizeof(err)) == -1) {
 		fprintf(stderr, "postling user: %s\n", err);
@@ -327,6 +358,18 @@ static int cli_user_run(const struct config *cfg, const char *verb, const char *
 	return r;
 }
 
+static bool user_args_ok(char **args, int nargs)
+{
+	if (nargs == 1)
+		return strcmp(args[0], "list") == 0;
+	return nargs == 2 && (strcmp(args[0], "add") == 0 || strcmp(args[0], "del") == 0);
+}
+
+static int user_main(const struct config *cfg, const struct cli_opts *o, char **args, int nargs)
+{
+	return cli_user_run(cfg, args[0], nargs > 1 ? args[1] : NULL, o->secret);
+}
+
 int cli_user(int argc, char **argv)
 {
 	static const char usage[] =
@@ -336,26 +379,7 @@ int cli_user(int argc, char **argv)
 	    "Edits the users file named by `users_file:` in the configuration (atomically);\n"
 	    "send SIGHUP to the server to load the change. --secret also keeps the password\n"
 	    "as a recoverable secret (enables CRAM-MD5 and APOP for the account).\n";
-	struct cli_opts o;
-	int r = parse_opts(argc, argv, usage, &o);
-	if (r < 0)
-		return opts_exit(r);
-	const char *verb = o.optind < argc ? argv[o.optind] : NULL;
-	const char *addr = o.optind + 1 < argc ? argv[o.optind + 1] : NULL;
-	if (verb == NULL || (strcmp(verb, "list") != 0 && addr == NULL)) {
-		fprintf(stderr, "%s", usage);
-		cli_opts_free(&o);
-		return EX_USAGE;
-	}
-	struct config *cfg = load_config(&o);
-	if (cfg == NULL) {
-		cli_opts_free(&o);
-		return EXIT_CONFIG;
-	}
-	r = cli_user_run(cfg, verb, addr, o.secret);
-	cfg_free(&cfg);
-	cli_opts_free(&o);
-	return r;
+	return run_with_config(argc, argv, usage, user_args_ok, user_main);
 }
 
 /* ---- deliver ---- */
@@ -385,36 +409,19 @@ static int deliver_stdin(const struct config *cfg, const struct account *acct)
 	return r;
 }
 
-int cli_deliver(int argc, char **argv)
+static int deliver_main(const struct config *cfg, const struct cli_opts *o, char **args, int nargs)
 {
-	static const char usage[] =
-	    "usage: postling deliver [-c FILE | --demo] ADDRESS < message\n"
-	    "Delivers one message from standard input into the INBOX of a local account\n"
-	    "(or alias), durably (fsync before exit 0). Exit codes as dovecot-lda:\n"
-	    "67 unknown user, 75 temporary failure.\n";
-	struct cli_opts o;
-	int r = parse_opts(argc, argv, usage, &o);
-	if (r < 0)
-		return opts_exit(r);
-	if (o.optind >= argc) {
-		fprintf(stderr, "%s", usage);
-		cli_opts_free(&o);
-		return EX_USAGE;
-	}
-	struct config *cfg = load_config(&o);
-	if (cfg == NULL) {
-		cli_opts_free(&o);
-		return EXIT_CONFIG;
-	}
+	(void)o;
+	(void)nargs;
 	char err[1024];
 	struct auth *a = auth_new(cfg, err, sizeof(err));
-	const struct account *acct = a ? auth_find(a, argv[o.optind]) : NULL;
-	r = 0;
+	const struct account *acct = a ? auth_find(a, args[0]) : NULL;
+	int r;
 	if (a == NULL) {
 		fprintf(stderr, "%s\n", err);
 		r = EXIT_CONFIG;
 	} else if (acct == NULL) {
-		fprintf(stderr, "postling deliver: no such local account: %s\n", argv[o.optind]);
+		fprintf(stderr, "postling deliver: no such local account: %s\n", args[0]);
 		r = EX_NOUSER;
 	} else if (mkdir(cfg->server.data_dir, 0755) == -1 && errno != EEXIST) {
 		fprintf(stderr, "postling deliver: cannot create %s: %s\n", cfg->server.data_dir, strerror(errno));
@@ -427,9 +434,17 @@ int cli_deliver(int argc, char **argv)
 		r = deliver_stdin(cfg, acct);
 	}
 	auth_unref(&a);
-	cfg_free(&cfg);
-	cli_opts_free(&o);
 	return r;
+}
+
+int cli_deliver(int argc, char **argv)
+{
+	static const char usage[] =
+	    "usage: postling deliver [-c FILE | --demo] ADDRESS < message\n"
+	    "Delivers one message from standard input into the INBOX of a local account\n"
+	    "(or alias), durably (fsync before exit 0). Exit codes as dovecot-lda:\n"
+	    "67 unknown user, 75 temporary failure.\n";
+	return run_with_config(argc, argv, usage, one_arg, deliver_main);
 }
 
 /* ---- queue (read-only: the files are replaced atomically by the server) ---- */
@@ -461,6 +476,53 @@ static void queue_print_env(const struct queue_env *env)
 	}
 }
 
+static int queue_show(const char *dir, const char *id)
+{
+	struct queue_env env;
+	if (!queue_id_valid(id) || queue_read_env(dir, id, &env) == -1) {
+		fprintf(stderr, "postling queue: no queue entry %s\n", id);
+		return 1;
+	}
+	queue_print_env(&env);
+	queue_env_free(&env);
+	return 0;
+}
+
+static int queue_list_all(const char *dir)
+{
+	char **ids = NULL;
+	size_t n = 0;
+	int r = 0;
+	if (queue_list(dir, &ids, &n) == -1 && errno != ENOENT) {
+		fprintf(stderr, "postling queue: %s: %s\n", dir, strerror(errno));
+		r = 1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		struct queue_env env;
+		if (queue_read_env(dir, ids[i], &env) == 0) {
+			queue_print_line(&env);
+			queue_env_free(&env);
+		}
+	}
+	printf("%zu queued\n", n);
+	xfree_strv(&ids);
+	return r;
+}
+
+static bool queue_args_ok(char **args, int nargs)
+{
+	return (nargs == 1 && strcmp(args[0], "list") == 0) || (nargs == 2 && strcmp(args[0], "show") == 0);
+}
+
+static int queue_main(const struct config *cfg, const struct cli_opts *o, char **args, int nargs)
+{
+	(void)o;
+	char *dir = xasprintf("%s/queue", cfg->server.data_dir);
+	int r = nargs == 2 ? queue_show(dir, args[1]) : queue_list_all(dir);
+	free(dir);
+	return r;
+}
+
 int cli_queue(int argc, char **argv)
 {
 	static const char usage[] =
@@ -468,53 +530,5 @@ int cli_queue(int argc, char **argv)
 	    "       postling queue [-c FILE] show ID\n"
 	    "Lists the relay queue under <data_dir>/queue, or shows one entry's recipients\n"
 	    "with their state and the last remote reply.\n";
-	struct cli_opts o;
-	int r = parse_opts(argc, argv, usage, &o);
-	if (r < 0)
-		return opts_exit(r);
-	const char *verb = o.optind < argc ? argv[o.optind] : NULL;
-	const char *id = o.optind + 1 < argc ? argv[o.optind + 1] : NULL;
-	if (verb == NULL || (strcmp(verb, "list") != 0 && strcmp(verb, "show") != 0) ||
-	    (strcmp(verb, "show") == 0 && id == NULL)) {
-		fprintf(stderr, "%s", usage);
-		cli_opts_free(&o);
-		return EX_USAGE;
-	}
-	struct config *cfg = load_config(&o);
-	if (cfg == NULL) {
-		cli_opts_free(&o);
-		return EXIT_CONFIG;
-	}
-	char *dir = xasprintf("%s/queue", cfg->server.data_dir);
-	r = 0;
-	if (strcmp(verb, "show") == 0) {
-		struct queue_env env;
-		if (!queue_id_valid(id) || queue_read_env(dir, id, &env) == -1) {
-			fprintf(stderr, "postling queue: no queue entry %s\n", id);
-			r = 1;
-		} else {
-			queue_print_env(&env);
-			queue_env_free(&env);
-		}
-	} else {
-		char **ids = NULL;
-		size_t n = 0;
-		if (queue_list(dir, &ids, &n) == -1 && errno != ENOENT) {
-			fprintf(stderr, "postling queue: %s: %s\n", dir, strerror(errno));
-			r = 1;
-		}
-		for (size_t i = 0; i < n; i++) {
-			struct queue_env env;
-			if (queue_read_env(dir, ids[i], &env) == 0) {
-				queue_print_line(&env);
-				queue_env_free(&env);
-			}
-		}
-		printf("%zu queued\n", n);
-		xfree_strv(&ids);
-	}
-	free(dir);
-	cfg_free(&cfg);
-	cli_opts_free(&o);
-	return r;
+	return run_with_config(argc, argv, usage, queue_args_ok, queue_main);
 }
