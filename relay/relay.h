@@ -386,7 +386,7 @@ struct relay_params {
 	int dns_port;                /* 0 = 53 */
 	int port;                    /* remote SMTP port (25; tests use a local one) */
 	uint64_t retry_initial, retry_max, warn_after, max_queue_time;   /* seconds */
-	int connect_timeout, cmd_timeout, data_timeout;                   /* seconds */
+	int connect_timeout, cmd_timeout, data_timeout, final_timeout;    /* seconds (RFC 5321 §4.5.3.2) */
 	bool hold;                   /* keep everything queued, attempt nothing */
 	/* malloc'ed account address when addr is a local mailbox, else NULL */
 	char *(*local_account)(void *arg, const char *addr);

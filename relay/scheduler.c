@@ -21,6 +21,9 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include "common/log.h"
 #include "common/util.h"
@@ -42,6 +45,7 @@ struct attempt {
 	struct dns_mx_list *mx;
 	size_t mx_next;              /* next MX to try */
 	char *last_error;            /* why the last MX failed (for deferral text) */
+	char *last_mx, *last_ip;     /* the host that failed last, for the logs */
 	struct dns_req *dreq;
 	struct mta_req *mreq;
 };
@@ -64,10 +68,10 @@ struct relay {
 	struct dns *dns;
 	SSL_CTX *tls;
 	struct event *timer;
+	struct event *kick;          /* a scheduling pass soon, from the event loop */
 	struct rentry *head;
 	size_t nentries;
 	size_t active;
-	bool loaded;
 };
 
 static void schedule(struct relay *r);
@@ -75,9 +79,30 @@ static void next_domain(struct rentry *e);
 
 /* ---------------------------------------------------------------- logging */
 
+/* The RFC 3463 status of a recipient: the enhanced code in its last reply
+ * ("550 5.1.1 ...", "4.4.3 DNS ..."), else the class of its state. */
+static void dsn_code(const struct queue_rcpt *q, char out[16])
+{
+	const char *p = q->last_reply;
+	for (int tries = 0; tries < 2 && *p != '\0'; tries++) {
+		unsigned a, b, c;
+		int n = 0;
+		if (sscanf(p, "%1u.%3u.%3u%n", &a, &b, &c, &n) == 3 && (a == 2 || a == 4 || a == 5) &&
+		    (p[n] == '\0' || p[n] == ' ')) {
+			snprintf(out, 16, "%u.%u.%u", a, b, c);
+			return;
+		}
+		p += strcspn(p, " ");           /* skip a basic code: "550 5.1.1" */
+		p += strspn(p, " ");
+	}
+	snprintf(out, 16, "%s", q->state == Q_DELIVERED ? "2.0.0" : q->state == Q_FAILED ? "5.0.0" : "4.0.0");
+}
+
 static void log_rcpt(const struct rentry *e, const struct queue_rcpt *q, const char *event,
     const char *mx, const char *ip, bool tls)
 {
+	char dsn[16];
+	dsn_code(q, dsn);
 	struct logline *l = log_begin(strcmp(event, "relay.delivered") == 0 ? LL_INFO : LL_WARN, event);
 	log_str(l, "msgid", e->env.id);
 	log_str(l, "from", e->env.sender);
@@ -86,6 +111,7 @@ static void log_rcpt(const struct rentry *e, const struct queue_rcpt *q, const c
 	log_str(l, "ip", ip);
 	log_bool(l, "tls", tls);
 	log_uint(l, "attempts", q->attempts);
+	log_str(l, "dsn", dsn);
 	log_str(l, "reply", q->last_reply);
 	log_end(l);
 }
@@ -179,13 +205,8 @@ static void load_done(void *arg, bool cancelled)
 		else
 			entry_add(j->r, &j->envs[i]);
 	}
-	if (!cancelled) {
-		if (j->id == NULL) {
-			j->r->loaded = true;
-			log_msg(LL_INFO, "relay.loaded", "%zu queued messages", j->r->nentries);
-		}
+	if (!cancelled)
 		schedule(j->r);
-	}
 	free(j->envs);
 	free(j->dir);
 	free(j->id);
@@ -410,7 +431,9 @@ static void round_done(struct rentry *e)
 		entry_unlink(e);
 		entry_free(e);
 	}
-	schedule(r);
+	/* a round can end synchronously inside schedule()'s loop (loop bounce,
+	 * nothing open): the next scheduling pass runs from the event loop */
+	event_active(r->kick, EV_TIMEOUT, 0);
 }
 
 static void attempt_free(struct attempt **a_r)
@@ -424,6 +447,8 @@ static void attempt_free(struct attempt **a_r)
 	free(a->domain);
 	free(a->idx);
 	free(a->last_error);
+	free(a->last_mx);
+	free(a->last_ip);
 	free(a);
 	*a_r = NULL;
 }
@@ -434,8 +459,9 @@ static void domain_all(struct attempt *a, enum queue_rcpt_state st, const char *
 	for (size_t i = 0; i < a->n; i++) {
 		struct queue_rcpt *q = &a->e->env.rcpts[a->idx[i]];
 		q->attempts++;
-		set_rcpt(q, st, reply, NULL);
-		log_rcpt(a->e, q, st == Q_FAILED ? "relay.bounced" : "relay.deferred", NULL, NULL, false);
+		set_rcpt(q, st, reply, a->last_mx);
+		log_rcpt(a->e, q, st == Q_FAILED ? "relay.bounced" : "relay.deferred", a->last_mx, a->last_ip,
+		    false);
 	}
 	struct rentry *e = a->e;
 	attempt_free(&e->cur);
@@ -450,7 +476,17 @@ static void mta_done(void *arg, struct mta_result *res)
 	a->mreq = NULL;
 	if (res->host_failed) {
 		free(a->last_error);
-		a->last_error = xstrdup(res->error ? res->error : "connection failed");
+		/* keep the client's status (e.g. 4.4.1 for a refused connection) in front
+		 * of its text, so logs and DSNs carry it (RFC 3463) */
+		const char *enh = res->nrcpts > 0 ? res->rcpts[0].enhanced : "";
+		const char *txt = res->error ? res->error : "connection failed";
+		a->last_error = enh[0] != '\0' && strncmp(txt, enh, strlen(enh)) != 0 &&
+		    !(txt[0] >= '2' && txt[0] <= '5' && txt[1] >= '0' && txt[1] <= '9')
+		    ? xasprintf("%s %s", enh, txt) : xstrdup(txt);
+		free(a->last_mx);
+		a->last_mx = xstrdup(res->remote_host ? res->remote_host : "");
+		free(a->last_ip);
+		a->last_ip = xstrdup(res->remote_ip ? res->remote_ip : "");
 		mta_result_free(&res);
 		try_mx(a);                      /* RFC 5321 §5.1: next MX */
 		return;
@@ -498,7 +534,7 @@ static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list
 		.body_8bit = a->e->env.body != QUEUE_BODY_7BIT, .envid = a->e->env.envid,
 		.ret = (int)a->e->env.ret, .rcpts = rcpts, .notify = notify, .orcpt = orcpt, .nrcpts = a->n,
 		.aio = r->aio, .connect_timeout = r->p.connect_timeout, .cmd_timeout = r->p.cmd_timeout,
-		.data_timeout = r->p.data_timeout, .final_timeout = r->p.data_timeout,
+		.data_timeout = r->p.data_timeout, .final_timeout = r->p.final_timeout,
 	};
 	char *path = queue_msg_path(r->p.queue_dir, a->e->env.id);
 	struct stat sb;
@@ -512,6 +548,38 @@ static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list
 	dns_addr_list_free(&list);
 }
 
+/* A smarthost written as an address (RFC 5321 §4.1.3 literal, or bare) */
+static struct dns_addr_list *ip_literal(const char *host)
+{
+	char buf[64];
+	size_t n = strlen(host);
+	if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+		host++;
+		n -= 2;
+	}
+	if (n >= sizeof(buf))
+		return NULL;
+	memcpy(buf, host, n);
+	buf[n] = '\0';
+	const char *ip = strncasecmp(buf, "IPv6:", 5) == 0 ? buf + 5 : buf;
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	struct sockaddr_in *in4 = (struct sockaddr_in *)&ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+	if (inet_pton(AF_INET, ip, &in4->sin_addr) == 1)
+		in4->sin_family = AF_INET;
+	else if (inet_pton(AF_INET6, ip, &in6->sin6_addr) == 1)
+		in6->sin6_family = AF_INET6;
+	else
+		return NULL;
+	struct dns_addr_list *l = xcalloc(1, sizeof(*l));
+	l->addrs = xmalloc(sizeof(ss));
+	l->addrs[0] = ss;
+	l->n = 1;
+	l->canon = xstrdup(ip);
+	return l;
+}
+
 static void try_mx(struct attempt *a)
 {
 	if (a->mx_next >= a->mx->n) {
@@ -522,6 +590,11 @@ static void try_mx(struct attempt *a)
 	if (strcasecmp(host, a->e->r->p.hostname) == 0) {
 		/* RFC 5321 §5.1: never deliver to ourselves through an MX loop */
 		domain_all(a, Q_FAILED, "5.4.6 mail for this domain loops back to myself");
+		return;
+	}
+	struct dns_addr_list *lit = ip_literal(host);
+	if (lit != NULL) {
+		addrs_done(a, DNS_OK, lit);      /* "[192.0.2.1]" or a bare IP: no lookup */
 		return;
 	}
 	a->dreq = dns_resolve_addrs(a->e->r->dns, host, addrs_done, a);
@@ -663,9 +736,18 @@ struct relay *relay_new(struct event_base *base, struct aio *aio, const struct r
 	SSL_CTX_set_verify(r->tls, SSL_VERIFY_NONE, NULL);
 	SSL_CTX_set_min_proto_version(r->tls, TLS1_2_VERSION);
 	r->timer = event_new(base, -1, EV_PERSIST, tick, r);
+	r->kick = event_new(base, -1, 0, tick, r);
 	struct timeval tv = { RELAY_TICK_SECONDS, 0 };
 	event_add(r->timer, &tv);
-	load(r, NULL);
+	/* at start-up, before the loop serves anyone: no later submission can be
+	 * delivered and removed before this load adds it back */
+	struct load_job j = { .r = r, .dir = r->p.queue_dir };
+	load_work(&j);
+	for (size_t i = 0; i < j.n; i++)
+		entry_add(r, &j.envs[i]);
+	free(j.envs);
+	log_msg(LL_INFO, "relay.loaded", "%zu queued messages", r->nentries);
+	event_active(r->kick, EV_TIMEOUT, 0);
 	return r;
 }
 
@@ -682,6 +764,7 @@ void relay_free(struct relay **r_r)
 		return;
 	*r_r = NULL;
 	event_free(r->timer);
+	event_free(r->kick);
 	while (r->head != NULL) {
 		struct rentry *e = r->head;
 		attempt_free(&e->cur);

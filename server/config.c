@@ -784,6 +784,10 @@ static const struct key relay_keys[] = {
 	K("warn_after", key_dur64, OFF(relay.warn_after), .min = 0, .max = DAYS(365)),
 	K("max_queue_time", key_dur64, OFF(relay.max_queue_time), .min = 1, .max = DAYS(365)),
 	K("hold", key_bool, OFF(relay.hold)),
+	K("connect_timeout", key_dur_int, OFF(relay.connect_timeout), .min = 1, .max = 3600),
+	K("command_timeout", key_dur_int, OFF(relay.command_timeout), .min = 1, .max = 3600),
+	K("data_timeout", key_dur_int, OFF(relay.data_timeout), .min = 1, .max = 3600),
+	K("final_timeout", key_dur_int, OFF(relay.final_timeout), .min = 1, .max = 3600),
 	{ .name = NULL },
 };
 static const struct key root_keys[] = {
@@ -1073,7 +1077,8 @@ static const char defaults_yaml[] =
 	"smtp: { max_message_size: 50M, max_recipients: 100, max_errors: 10, timeout: 5m,\n"
 	"  data_timeout: 3m, greeting_delay_ms: 0, vrfy: false }\n"
 	"relay: { dns: { port: 53 }, port: 25, retry_initial: 5m, retry_max: 1h, warn_after: 4h,\n"
-	"  max_queue_time: 5d }\n";
+	"  max_queue_time: 5d, connect_timeout: 30s, command_timeout: 5m, data_timeout: 3m,\n"
+	"  final_timeout: 10m }\n";
 
 static void cfg_defaults(struct config *cfg, const char *path)
 {

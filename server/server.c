@@ -288,7 +288,8 @@ static void relay_start(const struct config *cfg)
 		.port = port, .retry_initial = cfg->relay.retry_initial,
 		.retry_max = cfg->relay.retry_max, .warn_after = cfg->relay.warn_after,
 		.max_queue_time = cfg->relay.max_queue_time, .hold = cfg->relay.hold,
-		.connect_timeout = 30, .cmd_timeout = 300, .data_timeout = 600,
+		.connect_timeout = cfg->relay.connect_timeout, .cmd_timeout = cfg->relay.command_timeout,
+		.data_timeout = cfg->relay.data_timeout, .final_timeout = cfg->relay.final_timeout,
 		.local_account = local_account,
 	};
 	server->relay = relay_new(server->base, store_aio(server->store), &p, err, sizeof(err));

@@ -111,6 +111,8 @@ struct config {
 		int port;
 		uint64_t retry_initial, retry_max, warn_after, max_queue_time; /* seconds */
 		bool hold;               /* true: keep queued mail, attempt no delivery (maintenance, tests) */
+		int connect_timeout, command_timeout, data_timeout, final_timeout;   /* seconds,
+		                          * defaults 30s, 5m, 3m, 10m (RFC 5321 §4.5.3.2) */
 	} relay;
 };
 

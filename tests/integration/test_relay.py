@@ -12,7 +12,9 @@ listens for that test (the relay uses one remote port for every MX).
 
 What is checked: the exact files (B's Maildir, A's queue, alice's DSNs), the JSON log
 lines of A (relay.delivered / relay.deferred / relay.bounced with mx, ip, tls, attempts,
-reply) and of B (smtp.accept), and that nothing is delivered twice.
+reply) and of B (smtp.accept), and that nothing is delivered twice. Besides the
+delivery cases: the fields every attempt line must carry (issue 6, Ops: mx, ip, tls,
+dsn, reply) and relay.smarthost (by name, by IP literal, naming the server itself).
 
 The scheduler ticks every 5 s and tries a new entry at once; retry_initial is 1s, so a
 retry comes at the first tick after a deferral (<= ~6 s). The SMTP client's timeouts
@@ -22,11 +24,12 @@ them), so the "never answers" case only checks what can be seen in a few seconds
 The module is skipped when dnsmasq is not installed (Debian dnsmasq-base)."""
 import ctypes
 import email
-import email.policy
 import email.utils
+import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -193,6 +196,8 @@ def setUpModule():
 def tearDownModule():
     if DNS is not None:
         DNS.stop()
+        if not os.environ.get("POSTLING_KEEP_TMP"):
+            shutil.rmtree(DNS.tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- remote SMTP stand-ins
@@ -367,8 +372,8 @@ class RelayTestCase(unittest.TestCase):
         return c
 
     # -- waiting and reading
-    def wait_event(self, srv, event, count=1, timeout=DELIVER_TIMEOUT, **fields):
-        return srv.wait_log(event, timeout=timeout, count=count, **fields)
+    def wait_event(self, srv, event, count=1, timeout=DELIVER_TIMEOUT, since=0, **fields):
+        return srv.wait_log(event, timeout=timeout, count=count, since=since, **fields)
 
     def wait_queue_empty(self, a, timeout=5.0):
         try:
@@ -581,6 +586,41 @@ class Bounces(RelayTestCase):
             self.assertEqual("\r\n".join(lines).encode("latin-1") + b"\r\n", data)
 
 
+# ===================================================================== log lines
+
+class AttemptLogLines(RelayTestCase):
+    """Issue 6, Ops: a JSON line for each attempt -- relay.delivered, relay.deferred,
+    relay.bounced -- with mx, ip, tls, dsn (the RFC 3463 status) and the reply."""
+
+    def test_every_attempt_line_has_mx_ip_tls_dsn_reply(self):
+        b = self.server_b()
+        a = self.server_a(b.port("smtp"))
+        problems = []
+
+        def want(e, **fields):
+            for k, v in fields.items():
+                if e.get(k) != v:
+                    problems.append(f"{e.get('event')} {e.get('rcpt')}: {k}={e.get(k)!r}, want {v!r}")
+
+        qid, _ = self.submit(a, [BOB, NOBODY], make_body("log fields"))
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, rcpt=BOB)
+        [f] = self.wait_event(a, "relay.bounced", msgid=qid, rcpt=NOBODY)
+        for e, dsn in ((d, "2.0.0"), (f, "5.1.1")):
+            self.assert_relay_line(e, qid, e["rcpt"])
+            want(e, dsn=dsn)
+        # a host that refuses the connection: the MX and the address tried are known
+        b.stop()
+        qid2, _ = self.submit(a, [BOB], make_body("log fields 2"))
+        [r] = self.wait_event(a, "relay.deferred", msgid=qid2, rcpt=BOB, timeout=5)
+        want(r, mx=B_HOST, ip="127.0.0.1", tls=False, dsn="4.4.1")
+        # a DNS verdict: no MX talked to, but the status is known
+        qid3, _ = self.submit(a, ["x@nxdomain.example"], make_body("log fields 3", to="x@nxdomain.example"))
+        [n] = self.wait_event(a, "relay.bounced", msgid=qid3, timeout=5)
+        want(n, tls=False, dsn="5.1.2")
+        self.assertEqual(problems, [], "relay log lines:\n" + "\n".join(
+            json.dumps(e) for e in (d, f, r, n)))
+
+
 # ===================================================================== 4. remote down, then up
 
 class RemoteDown(RelayTestCase):
@@ -694,8 +734,8 @@ class RestartWithQueue(RelayTestCase):
         a.write_config({"relay": {"hold": False}})
         since = a.log_size()
         a.start()
-        loaded = a.find_log("relay.loaded", since=since) or self.wait_event(a, "relay.loaded", timeout=5)
-        self.assertIn(str(self.N), loaded[-1].get("msg", "") + str(loaded[-1]), loaded[-1])
+        [loaded] = self.wait_event(a, "relay.loaded", timeout=5, since=since)
+        self.assertEqual(loaded.get("msg"), f"{self.N} queued messages", loaded)
         self.wait_event(a, "relay.delivered", count=self.N, timeout=DELIVER_TIMEOUT)
         self.wait_queue_empty(a)
         time.sleep(1.0)
@@ -714,6 +754,7 @@ class RestartWithQueue(RelayTestCase):
             got[data[m.end():]] += 1
         self.assertEqual(sorted(got), sorted(msgs.values()), "B's copies differ from A's queue files")
         self.assertEqual(set(got.values()), {1})
+        self.assertEqual(len(b.find_log("smtp.accept")), self.N, "B accepted a message twice")
         self.assertEqual(self.dsns(a), [])
 
 
@@ -736,11 +777,75 @@ class RemoteHangs(RelayTestCase):
             self.assertEqual(a.find_log(ev), [], ev)
         env, _msg = a.queue_entry(qid)
         self.assertEqual(rcpt_lines(env)[BOB][2], "pending", env)
-        # still serving: a second submission is accepted and queued
+        # still serving: a second submission is accepted, queued and tried at once (its
+        # own connection: the hung one blocks nothing else) ...
         qid2, _ = self.submit(a, [BOB], make_body("second into the void"))
         self.assertIn(qid2 + ".env", a.queue_files())
-        self.assertEqual(self.dsns(a), [])
+        wait_until(lambda: h.count() >= 2, timeout=5, what="second relay connection")
+        # ... and another domain's mail is decided while both hang
+        qid3, _ = self.submit(a, ["x@nxdomain.example"], make_body("to nowhere", to="x@nxdomain.example"))
+        self.wait_event(a, "relay.bounced", msgid=qid3, timeout=5)
+        wait_until(lambda: self.dsns(a), timeout=5, what="DSN for the NXDOMAIN message")
+        self.assertEqual(len(self.dsns(a)), 1)
+        self.assertEqual(h.count(), 2)
+        self.assertEqual(h.received, b"", "client spoke before the greeting")
+        self.assertEqual(a.find_log("relay.delivered") + a.find_log("relay.deferred"), [])
+        self.assertEqual(sorted(a.queue_files()), sorted(f"{q}.{x}" for q in (qid, qid2) for x in ("env", "msg")))
         # tearDown checks that SIGTERM ends A within 5 s despite the hung connections
+
+
+# ===================================================================== smarthost
+
+class Smarthost(RelayTestCase):
+    """relay.smarthost "host:port": every domain goes to that host and port, no MX lookup.
+    relay.port points at a closed port, and the recipient's domain has no DNS at all
+    (NXDOMAIN), so only the smarthost route can deliver."""
+    RCPT = "someone@nxdomain.example"
+
+    def _via(self, smarthost_fmt, mx):
+        b = self.server_b(users=(self.RCPT,), config={"domains": ["remote.example", "nxdomain.example"]})
+        a = self.server_a(free_port(), config={"relay": {"smarthost": smarthost_fmt.format(port=b.port("smtp"))}})
+        content = make_body("via smarthost", to=self.RCPT)
+        qid, tls = self.submit(a, [self.RCPT], content)
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, timeout=5)
+        self.assert_relay_line(d, qid, self.RCPT, mx=mx)
+        self.wait_queue_empty(a)
+        data = self.one_file(b, self.RCPT)
+        self.assertTrue(data.endswith(content), data[-200:])
+        self.assertRegex(data, received_a(qid, tls, self.RCPT))
+
+    def test_smarthost_by_name(self):
+        self._via("mx.remote.example:{port}", B_HOST)
+
+    def test_smarthost_by_ip_literal(self):
+        # "host:port" with an IPv4 address for host: connect to it, no DNS
+        self._via("127.0.0.1:{port}", "127.0.0.1")
+
+    def test_smarthost_naming_ourselves_bounces_every_queued_message(self):
+        # A config mistake (the smarthost is this server): each queued message must be
+        # bounced 5.4.6 (loop), and the server must survive a queue of several of them.
+        a = self.server_a(free_port(), hold=True)
+        c = self.login(a)
+        qids = [self.submit(a, [BOB], make_body(f"loop {i}"), conn=c)[0] for i in range(3)]
+        c.quit()
+        self.assertEqual(a.stop(), 0)
+        a.write_config({"relay": {"hold": False, "smarthost": f"{A_HOST}:{free_port()}"}})
+        since = a.log_size()
+        a.start()
+        loop = "5.4.6 mail for this domain loops back to myself"
+        got = self.wait_event(a, "relay.bounced", count=3, timeout=5, since=since)
+        a.assert_alive()
+        self.assertEqual(sorted(e["msgid"] for e in got), sorted(qids))
+        self.assertEqual({e.get("reply") for e in got}, {loop})
+        self.wait_queue_empty(a)
+        wait_until(lambda: len(self.dsns(a)) >= 3, timeout=5, what="3 DSNs")
+        time.sleep(0.3)
+        dsns = self.dsns(a)
+        self.assertEqual(len(dsns), 3)
+        for data in dsns:
+            _m, _pm, rcpts, _parts = self.parse_dsn(data)
+            self.assertEqual([(r["Final-Recipient"], r["Status"]) for r in rcpts], [(f"rfc822; {BOB}", "5.4.6")])
+        a.assert_alive()
 
 
 if __name__ == "__main__":

@@ -109,6 +109,11 @@ static void test_minimal_config_gets_every_default(void **state)
 	assert_int_equal(cfg->relay.retry_max, 3600);
 	assert_int_equal(cfg->relay.warn_after, 4 * 3600);
 	assert_int_equal(cfg->relay.max_queue_time, 5 * 86400);
+	assert_false(cfg->relay.hold);
+	assert_int_equal(cfg->relay.connect_timeout, 30);
+	assert_int_equal(cfg->relay.command_timeout, 300);
+	assert_int_equal(cfg->relay.data_timeout, 180);
+	assert_int_equal(cfg->relay.final_timeout, 600);
 	cfg_free(&cfg);
 	assert_null(cfg);
 }
