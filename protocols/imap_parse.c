@@ -3,6 +3,7 @@
 #include "protocols/imap_parse.h"
 
 #include <ctype.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -737,4 +738,358 @@ uint32_t imap_seqset_highest(const struct imap_seqset *s, uint32_t max)
 			best = b;
 	}
 	return best;
+}
+
+/* ---- FETCH sections (RFC 9051 §9 section, section-binary, partial) ---- */
+
+static bool eat(const char *s, size_t len, size_t *i, const char *word)
+{
+	size_t n = strlen(word);
+	if (len - *i < n || strncasecmp(s + *i, word, n) != 0)
+		return false;
+	*i += n;
+	return true;
+}
+
+static int sec_number(const char *s, size_t len, size_t *i, bool nz, uint32_t *r)
+{
+	size_t start = *i;
+	uint64_t v = 0;
+	while (*i < len && s[*i] >= '0' && s[*i] <= '9') {
+		v = v * 10 + (uint64_t)(s[*i] - '0');
+		if (v > UINT32_MAX)
+			return -1;
+		(*i)++;
+	}
+	if (*i == start || (nz && (v == 0 || s[start] == '0')))
+		return -1;
+	*r = (uint32_t)v;
+	return 0;
+}
+
+/* header-list = "(" header-fld-name *(SP header-fld-name) ")"; names are astrings */
+static int sec_fields(const char *s, size_t len, size_t *i, struct imap_fetch_section *out)
+{
+	if (!eat(s, len, i, " ("))
+		return -1;
+	for (;;) {
+		size_t start = *i;
+		if (out->nfields == IMAP_SECTION_MAX_FIELDS || *i >= len)
+			return -1;
+		if (s[*i] == '"') {
+			for ((*i)++; *i < len && s[*i] != '"'; (*i)++)
+				if (s[*i] == '\\')
+					(*i)++;
+			if (*i >= len)
+				return -1;
+			out->fields[out->nfields].off = start + 1;
+			out->fields[out->nfields].len = *i - start - 1;
+			(*i)++;
+		} else {
+			while (*i < len && (is_atom_char((unsigned char)s[*i]) || s[*i] == ']') &&
+			    !(s[*i] == ']' && *i + 1 < len && s[*i + 1] != ' ' && s[*i + 1] != ')'))
+				(*i)++;
+			if (*i == start)
+				return -1;
+			out->fields[out->nfields].off = start;
+			out->fields[out->nfields].len = *i - start;
+		}
+		out->nfields++;
+		if (*i < len && s[*i] == ')') {
+			(*i)++;
+			return 0;
+		}
+		if (!eat(s, len, i, " "))
+			return -1;
+	}
+}
+
+static int sec_text(const char *s, size_t len, size_t *i, struct imap_fetch_section *out)
+{
+	if (eat(s, len, i, "HEADER.FIELDS.NOT")) {
+		out->text = IMAP_SECTION_HEADER_FIELDS_NOT;
+		return sec_fields(s, len, i, out);
+	}
+	if (eat(s, len, i, "HEADER.FIELDS")) {
+		out->text = IMAP_SECTION_HEADER_FIELDS;
+		return sec_fields(s, len, i, out);
+	}
+	if (eat(s, len, i, "HEADER"))
+		out->text = IMAP_SECTION_HEADER;
+	else if (eat(s, len, i, "TEXT"))
+		out->text = IMAP_SECTION_TEXT;
+	else if (out->nparts > 0 && eat(s, len, i, "MIME"))   /* section-text, after a part */
+		out->text = IMAP_SECTION_MIME;
+	else
+		return -1;
+	return 0;
+}
+
+static int sec_spec(const char *s, size_t len, size_t *i, struct imap_fetch_section *out)
+{
+	bool binary = out->item >= IMAP_FETCH_BINARY;
+	if (*i < len && s[*i] == ']')
+		return 0;
+	if (*i < len && s[*i] >= '0' && s[*i] <= '9') {
+		for (;;) {   /* section-part = nz-number *("." nz-number) */
+			if (out->nparts == IMAP_SECTION_MAX_PARTS ||
+			    sec_number(s, len, i, true, &out->parts[out->nparts]) == -1)
+				return -1;
+			out->nparts++;
+			if (*i + 1 < len && s[*i] == '.' && s[*i + 1] >= '0' && s[*i + 1] <= '9')
+				(*i)++;
+			else
+				break;
+		}
+		if (*i < len && s[*i] == ']')
+			return 0;
+		if (binary || !eat(s, len, i, "."))   /* section-binary: parts only */
+			return -1;
+	} else if (binary) {
+		return -1;
+	}
+	return sec_text(s, len, i, out);
+}
+
+int imap_fetch_section_parse(const char *s, size_t len, struct imap_fetch_section *out)
+{
+	static const struct { const char *name; enum imap_fetch_item item; } items[] = {
+		{ "BODY.PEEK[", IMAP_FETCH_BODY_PEEK }, { "BODY[", IMAP_FETCH_BODY },
+		{ "BINARY.PEEK[", IMAP_FETCH_BINARY_PEEK }, { "BINARY.SIZE[", IMAP_FETCH_BINARY_SIZE },
+		{ "BINARY[", IMAP_FETCH_BINARY },
+	};
+	size_t i = 0, k;
+	memset(out, 0, sizeof(*out));
+	for (k = 0; k < sizeof(items) / sizeof(items[0]); k++)
+		if (eat(s, len, &i, items[k].name))
+			break;
+	if (k == sizeof(items) / sizeof(items[0]))
+		return -1;
+	out->item = items[k].item;
+	if (sec_spec(s, len, &i, out) == -1 || !eat(s, len, &i, "]"))
+		return -1;
+	if (i == len)
+		return 0;
+	/* partial = "<" number64 "." nz-number64 ">" (not for BINARY.SIZE) */
+	if (out->item == IMAP_FETCH_BINARY_SIZE || !eat(s, len, &i, "<") ||
+	    sec_number(s, len, &i, false, &out->partial_off) == -1 || !eat(s, len, &i, ".") ||
+	    sec_number(s, len, &i, true, &out->partial_len) == -1 || !eat(s, len, &i, ">") ||
+	    i != len)
+		return -1;
+	out->partial = true;
+	return 0;
+}
+
+/* ---- modified UTF-7 (RFC 3501 §5.1.3) ---- */
+
+static const char b64[] =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,";
+
+static int b64_value(char c)
+{
+	const char *q = c != '\0' ? strchr(b64, c) : NULL;
+	return q == NULL ? -1 : (int)(q - b64);
+}
+
+/* Strict UTF-8 (RFC 3629): no overlongs, surrogates or values past U+10FFFF */
+static int utf8_decode(const unsigned char *s, size_t len, size_t *i, uint32_t *cp_r)
+{
+	unsigned char c = s[*i];
+	size_t n;
+	uint32_t cp, min;
+	if (c < 0x80) {
+		*cp_r = c;
+		(*i)++;
+		return 0;
+	} else if ((c & 0xe0) == 0xc0) {
+		n = 1; cp = c & 0x1f; min = 0x80;
+	} else if ((c & 0xf0) == 0xe0) {
+		n = 2; cp = c & 0x0f; min = 0x800;
+	} else if ((c & 0xf8) == 0xf0) {
+		n = 3; cp = c & 0x07; min = 0x10000;
+	} else {
+		return -1;
+	}
+	if (len - *i <= n)
+		return -1;
+	for (size_t k = 1; k <= n; k++) {
+		if ((s[*i + k] & 0xc0) != 0x80)
+			return -1;
+		cp = (cp << 6) | (s[*i + k] & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return -1;
+	*i += n + 1;
+	*cp_r = cp;
+	return 0;
+}
+
+static int put_utf8(struct buf *out, uint32_t cp)
+{
+	char u[4];
+	size_t n;
+	if (cp < 0x80) {
+		u[0] = (char)cp; n = 1;
+	} else if (cp < 0x800) {
+		u[0] = (char)(0xc0 | (cp >> 6)); u[1] = (char)(0x80 | (cp & 0x3f)); n = 2;
+	} else if (cp < 0x10000) {
+		u[0] = (char)(0xe0 | (cp >> 12)); u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+		u[2] = (char)(0x80 | (cp & 0x3f)); n = 3;
+	} else {
+		u[0] = (char)(0xf0 | (cp >> 18)); u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+		u[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); u[3] = (char)(0x80 | (cp & 0x3f));
+		n = 4;
+	}
+	return buf_append(out, u, n);
+}
+
+/* One shifted run s[*i..] after "&" up to and including "-" */
+static int mutf7_shift(const char *s, size_t len, size_t *i, struct buf *out)
+{
+	uint32_t bits = 0, high = 0;
+	unsigned nbits = 0, units = 0;
+	for (; *i < len && s[*i] != '-'; (*i)++) {
+		int v = b64_value(s[*i]);
+		if (v < 0)
+			return -1;
+		bits = (bits << 6) | (uint32_t)v;
+		nbits += 6;
+		if (nbits < 16)
+			continue;
+		nbits -= 16;
+		uint32_t u = (bits >> nbits) & 0xffff;
+		bits &= (1u << nbits) - 1;
+		units++;
+		if (u >= 0xd800 && u <= 0xdbff) {
+			if (high != 0)
+				return -1;
+			high = u;
+			continue;
+		}
+		uint32_t cp = u;
+		if (u >= 0xdc00 && u <= 0xdfff) {
+			if (high == 0)
+				return -1;
+			cp = 0x10000 + ((high - 0xd800) << 10) + (u - 0xdc00);
+			high = 0;
+		} else if (high != 0) {
+			return -1;
+		}
+		/* printable US-ASCII must represent itself; U+0000 never */
+		if (cp == 0 || (cp >= 0x20 && cp <= 0x7e) || put_utf8(out, cp) == -1)
+			return -1;
+	}
+	/* unterminated, empty, dangling high surrogate, >= 6 or non-zero pad bits */
+	if (*i >= len || units == 0 || high != 0 || nbits >= 6 || bits != 0)
+		return -1;
+	(*i)++;
+	return 0;
+}
+
+static int mutf7_decode_raw(const char *s, size_t len, struct buf *out)
+{
+	size_t i = 0;
+	while (i < len) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x20 || c > 0x7e)
+			return -1;
+		if (c != '&') {
+			if (buf_appendc(out, (char)c) == -1)
+				return -1;
+			i++;
+		} else if (i + 1 < len && s[i + 1] == '-') {
+			if (buf_appendc(out, '&') == -1)
+				return -1;
+			i += 2;
+		} else {
+			i++;
+			if (mutf7_shift(s, len, &i, out) == -1)
+				return -1;
+			/* "&...-&...-" must have been one shift */
+			if (i + 1 < len && s[i] == '&' && s[i + 1] != '-')
+				return -1;
+		}
+	}
+	return 0;
+}
+
+int imap_mutf7_decode(const char *s, size_t len, struct buf *out)
+{
+	size_t base = out->len;
+	if (mutf7_decode_raw(s, len, out) == -1) {
+		out->len = base;
+		if (out->data != NULL)
+			out->data[base] = '\0';
+		return -1;
+	}
+	return 0;
+}
+
+static int flush_bits(struct buf *out, uint32_t *bits, unsigned *nbits)
+{
+	if (*nbits > 0 && buf_appendc(out, b64[(*bits << (6 - *nbits)) & 0x3f]) == -1)
+		return -1;
+	*bits = 0;
+	*nbits = 0;
+	return buf_appendc(out, '-');
+}
+
+static int push_unit(struct buf *out, uint32_t u, uint32_t *bits, unsigned *nbits)
+{
+	*bits = (*bits << 16) | u;
+	*nbits += 16;
+	while (*nbits >= 6) {
+		*nbits -= 6;
+		if (buf_appendc(out, b64[(*bits >> *nbits) & 0x3f]) == -1)
+			return -1;
+	}
+	*bits &= (1u << *nbits) - 1;
+	return 0;
+}
+
+static int mutf7_encode_raw(const char *s, size_t len, struct buf *out)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	size_t i = 0;
+	uint32_t bits = 0;
+	unsigned nbits = 0;
+	bool shifted = false;
+	while (i < len) {
+		uint32_t cp;
+		if (utf8_decode(u, len, &i, &cp) == -1 || cp == 0)
+			return -1;
+		if (cp >= 0x20 && cp <= 0x7e) {
+			if (shifted && flush_bits(out, &bits, &nbits) == -1)
+				return -1;
+			shifted = false;
+			if (buf_append(out, cp == '&' ? "&-" : (const char *)&u[i - 1],
+			    cp == '&' ? 2 : 1) == -1)
+				return -1;
+			continue;
+		}
+		if (!shifted && buf_appendc(out, '&') == -1)
+			return -1;
+		shifted = true;
+		if (cp >= 0x10000) {
+			cp -= 0x10000;
+			if (push_unit(out, 0xd800 + (cp >> 10), &bits, &nbits) == -1 ||
+			    push_unit(out, 0xdc00 + (cp & 0x3ff), &bits, &nbits) == -1)
+				return -1;
+		} else if (push_unit(out, cp, &bits, &nbits) == -1) {
+			return -1;
+		}
+	}
+	return shifted ? flush_bits(out, &bits, &nbits) : 0;
+}
+
+int imap_mutf7_encode(const char *s, size_t len, struct buf *out)
+{
+	size_t base = out->len;
+	if (mutf7_encode_raw(s, len, out) == -1) {
+		out->len = base;
+		if (out->data != NULL)
+			out->data[base] = '\0';
+		return -1;
+	}
+	return 0;
 }
