@@ -259,115 +259,157 @@ static void save(struct rentry *e, bool remove)
 
 /* ---------------------------------------------------------------- bounces */
 
+/* A DSN is built and written on a worker: reading the original message (for
+ * part 3) is disk I/O, which the reactor never does. The job owns a copy of
+ * the envelope as it was when the round ended. */
 struct bounce_job {
 	struct relay *r;
 	char *dir, *hostname, *data_dir;
-	char *account;               /* local sender's account, or NULL: queue it */
-	struct queue_env env;        /* the DSN's envelope when queued */
-	char *msg;
-	size_t len;
+	enum bounce_kind kind;
+	time_t retry_until;
+	struct queue_env orig;       /* the bounced entry (copy) */
+	char *account;               /* local sender's account, or NULL: queue the DSN */
+	struct queue_env env;        /* the DSN's own envelope when queued */
+	bool built;                  /* false: nothing reportable (NOTIFY, null sender) */
+	bool remove_after;           /* the entry is finished: remove it once the DSN is out
+	                              * (not before: part 3 is read from its .msg) */
 	int error;
 };
+
+static char *read_original(const char *dir, const char *id, size_t *len_r)
+{
+	char *path = queue_msg_path(dir, id);
+	FILE *f = fopen(path, "rb");
+	free(path);
+	*len_r = 0;
+	if (f == NULL)
+		return NULL;
+	char *buf = xmalloc(BOUNCE_MAX_ORIGINAL_DEFAULT + 1);
+	*len_r = fread(buf, 1, BOUNCE_MAX_ORIGINAL_DEFAULT + 1, f);   /* past the cap: headers only */
+	fclose(f);
+	return buf;
+}
+
+static void dsn_envelope(struct bounce_job *j, const char *dsn, size_t len)
+{
+	struct queue_env *e = &j->env;
+	queue_new_id(e->id);
+	e->sender = xstrdup("");
+	e->envid = xstrdup("");
+	e->auth_user = xstrdup("");
+	e->client_ip = xstrdup("");
+	e->helo = xstrdup(j->hostname);
+	e->smtputf8 = bounce_smtputf8(&j->orig);
+	e->body = bounce_body_type(dsn, len);
+	e->created = e->next_attempt = time(NULL);
+	e->rcpts = xcalloc(1, sizeof(*e->rcpts));
+	e->nrcpts = 1;
+	e->rcpts[0].addr = xstrdup(j->orig.sender);
+	e->rcpts[0].orcpt = xstrdup("");
+	e->rcpts[0].notify = QUEUE_NOTIFY_NEVER;     /* never bounce a bounce */
+	e->rcpts[0].last_reply = xstrdup("");
+	e->rcpts[0].remote_mta = xstrdup("");
+}
+
+static int dsn_deliver_local(const struct bounce_job *j, const char *dsn, size_t len)
+{
+	char *user = maildir_user_path(j->data_dir, j->account);
+	char *prefix = xasprintf("Return-Path: <>\r\nDelivered-To: %s\r\n", j->account);
+	struct iovec parts[2] = { { prefix, strlen(prefix) }, { (void *)dsn, len } };
+	int rc = user == NULL ? -1 : maildir_create(user);
+	if (rc == 0)
+		rc = maildir_deliver_iov(user, j->hostname, parts, 2, 0, NULL, NULL);
+	int saved = errno;
+	free(prefix);
+	free(user);
+	errno = saved;
+	return rc;
+}
 
 static void bounce_work(void *arg)
 {
 	struct bounce_job *j = arg;
-	if (j->account != NULL) {
-		char *user = maildir_user_path(j->data_dir, j->account);
-		char *prefix = xasprintf("Return-Path: <>\r\nDelivered-To: %s\r\n", j->account);
-		struct iovec parts[2] = { { prefix, strlen(prefix) }, { j->msg, j->len } };
-		int rc = user == NULL ? -1 : maildir_create(user);
-		if (rc == 0)
-			rc = maildir_deliver_iov(user, j->hostname, parts, 2, 0, NULL, NULL);
-		j->error = rc == -1 ? errno : 0;
-		free(prefix);
-		free(user);
+	size_t olen;
+	char *orig = read_original(j->dir, j->orig.id, &olen);
+	struct bounce_params bp = {
+		.hostname = j->hostname, .env = &j->orig, .kind = j->kind, .msg = orig, .msg_len = olen,
+		.retry_until = j->retry_until,
+	};
+	size_t len;
+	char *dsn = bounce_build(&bp, &len);
+	free(orig);
+	if (dsn == NULL) {
+		if (j->remove_after)
+			queue_remove(j->dir, j->orig.id);
 		return;
 	}
-	j->error = queue_write(j->dir, &j->env, j->msg, j->len) == -1 ? errno : 0;
+	j->built = true;
+	int rc;
+	if (j->account != NULL) {
+		rc = dsn_deliver_local(j, dsn, len);
+	} else {
+		dsn_envelope(j, dsn, len);
+		rc = queue_write(j->dir, &j->env, dsn, len);
+	}
+	j->error = rc == -1 ? errno : 0;
+	free(dsn);
+	if (j->remove_after && j->error == 0)
+		queue_remove(j->dir, j->orig.id);   /* a failed DSN write keeps the entry on disk */
 }
 
 static void bounce_done(void *arg, bool cancelled)
 {
 	struct bounce_job *j = arg;
-	if (!cancelled && j->error != 0)
-		log_msg(LL_ERROR, "relay.bounce_failed", "DSN for %s: %s", j->env.rcpts ? j->env.rcpts[0].addr
-		    : j->account, strerror(j->error));
-	else if (!cancelled && j->account == NULL)
-		load(j->r, j->env.id);           /* the DSN is a queue entry of its own */
+	if (!cancelled && j->built) {
+		struct logline *l = log_begin(j->error ? LL_ERROR : LL_INFO,
+		    j->error ? "relay.dsn_failed" : "relay.dsn");
+		log_str(l, "msgid", j->orig.id);
+		log_str(l, "kind", j->kind == BOUNCE_FAILURE ? "failure" : j->kind == BOUNCE_DELAY ? "delay" : "success");
+		log_str(l, "to", j->orig.sender);
+		log_bool(l, "local", j->account != NULL);
+		if (j->error)
+			log_str(l, "error", strerror(j->error));
+		log_end(l);
+		if (j->error == 0 && j->account == NULL)
+			load(j->r, j->env.id);       /* the DSN is a queue entry of its own */
+	}
+	queue_env_free(&j->orig);
 	queue_env_free(&j->env);
 	free(j->account);
-	free(j->msg);
 	free(j->dir);
 	free(j->hostname);
 	free(j->data_dir);
 	free(j);
 }
 
-/* Reads the original message for part 3 of the DSN; small, but still a read:
- * done here on the reactor only for the headers-or-full copy, bounded by
- * BOUNCE_MAX_ORIGINAL_DEFAULT. */
-static char *read_original(const struct relay *r, const char *id, size_t *len_r)
+static bool anything_reportable(const struct queue_env *env, enum bounce_kind kind)
 {
-	char *path = queue_msg_path(r->p.queue_dir, id);
-	FILE *f = fopen(path, "rb");
-	free(path);
-	if (f == NULL)
-		return NULL;
-	size_t cap = BOUNCE_MAX_ORIGINAL_DEFAULT + 1;
-	char *buf = xmalloc(cap);
-	*len_r = fread(buf, 1, cap, f);
-	fclose(f);
-	return buf;
+	for (size_t i = 0; i < env->nrcpts; i++)
+		if (bounce_reportable(env, &env->rcpts[i], kind))
+			return true;
+	return false;
 }
 
-static void send_dsn(struct rentry *e, enum bounce_kind kind)
+/* Starts a DSN job; false when there is nothing to report (NOTIFY, null
+ * sender, already reported). remove: the job also removes the finished entry. */
+static bool send_dsn(struct rentry *e, enum bounce_kind kind, bool remove)
 {
 	struct relay *r = e->r;
-	size_t olen = 0;
-	char *orig = read_original(r, e->env.id, &olen);
-	struct bounce_params bp = {
-		.hostname = r->p.hostname, .env = &e->env, .kind = kind, .msg = orig, .msg_len = olen,
-		.retry_until = kind == BOUNCE_DELAY ? e->env.created + (time_t)r->p.max_queue_time : 0,
-	};
-	size_t len;
-	char *dsn = bounce_build(&bp, &len);
-	free(orig);
-	if (dsn == NULL)
-		return;                  /* nothing reportable (NOTIFY, null sender) */
+	if (!anything_reportable(&e->env, kind))
+		return false;
 	struct bounce_job *j = xcalloc(1, sizeof(*j));
 	j->r = r;
 	j->dir = xstrdup(r->p.queue_dir);
 	j->hostname = xstrdup(r->p.hostname);
 	j->data_dir = xstrdup(r->p.data_dir);
-	j->msg = dsn;
-	j->len = len;
+	j->kind = kind;
+	j->retry_until = kind == BOUNCE_DELAY ? e->env.created + (time_t)r->p.max_queue_time : 0;
+	queue_env_copy(&j->orig, &e->env);
+	/* the auth lookup is reactor-side state: decided here */
 	j->account = r->p.local_account ? r->p.local_account(r->p.hook_arg, e->env.sender) : NULL;
-	if (j->account == NULL) {
-		queue_new_id(j->env.id);
-		j->env.sender = xstrdup("");
-		j->env.envid = xstrdup("");
-		j->env.auth_user = xstrdup("");
-		j->env.client_ip = xstrdup("");
-		j->env.helo = xstrdup(r->p.hostname);
-		j->env.smtputf8 = bounce_smtputf8(&e->env);
-		j->env.body = bounce_body_type(dsn, len);
-		j->env.created = j->env.next_attempt = time(NULL);
-		j->env.rcpts = xcalloc(1, sizeof(*j->env.rcpts));
-		j->env.nrcpts = 1;
-		j->env.rcpts[0].addr = xstrdup(e->env.sender);
-		j->env.rcpts[0].orcpt = xstrdup("");
-		j->env.rcpts[0].notify = QUEUE_NOTIFY_NEVER;
-		j->env.rcpts[0].last_reply = xstrdup("");
-		j->env.rcpts[0].remote_mta = xstrdup("");
-	}
-	struct logline *l = log_begin(LL_INFO, "relay.dsn");
-	log_str(l, "msgid", e->env.id);
-	log_str(l, "kind", kind == BOUNCE_FAILURE ? "failure" : kind == BOUNCE_DELAY ? "delay" : "success");
-	log_str(l, "to", e->env.sender);
-	log_bool(l, "local", j->account != NULL);
-	log_end(l);
+	j->remove_after = remove;
 	aio_submit(r->aio, bounce_work, bounce_done, j);
+	return true;
 }
 
 /* ---------------------------------------------------------------- one round */
@@ -412,10 +454,11 @@ static void round_done(struct rentry *e)
 		open |= rcpt_open(q);
 		failed |= q->state == Q_FAILED;
 	}
-	if (failed)
-		send_dsn(e, BOUNCE_FAILURE);
+	/* a finished entry is removed by its failure DSN's job, after the DSN
+	 * has read the original; otherwise by save() below */
+	bool removed_by_dsn = failed && send_dsn(e, BOUNCE_FAILURE, !open);
 	if (open && !e->env.warned && r->p.warn_after > 0 && now - e->env.created >= (time_t)r->p.warn_after) {
-		send_dsn(e, BOUNCE_DELAY);
+		send_dsn(e, BOUNCE_DELAY, false);
 		e->env.warned = true;
 	}
 	/* a failed recipient is reported once: NOTIFY=NEVER from now on keeps it
@@ -426,7 +469,8 @@ static void round_done(struct rentry *e)
 	e->env.next_attempt = now + backoff(r, e->env.attempts);
 	e->busy = false;
 	r->active--;
-	save(e, !open);
+	if (!removed_by_dsn)
+		save(e, !open);
 	if (!open) {
 		entry_unlink(e);
 		entry_free(e);
