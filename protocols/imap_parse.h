@@ -212,6 +212,7 @@ struct imap_fetch_section {
 int imap_fetch_section_parse(const char *s, size_t len, struct imap_fetch_section *out);
 
 /* ---- modified UTF-7 mailbox names (RFC 3501 §5.1.3) ---- */
+/* imap_mutf7.c */
 /* Decodes to UTF-8 appended to out: 0, or -1 (out unchanged) on any invalid or
  * non-canonical form: bytes outside 0x20-0x7e, "&" unterminated, bad base64, a
  * shift holding printable ASCII ("&AGE-"), non-zero or excess pad bits, broken

@@ -114,6 +114,7 @@ int mime_decode_words(const char *in, size_t len, struct buf *out);
  * bytes become U+FFFD. Returns 0 or -1 when out refuses. */
 int mime_charset_to_utf8(const char *cs, const char *src, size_t len, struct buf *out);
 
+/* mime_imap.c */
 /* IMAP items. Each appends to out and returns 0, or -1 when out refuses. */
 #define MIME_BS_EXTENDED 0x1u  /* BODYSTRUCTURE (extension data) rather than BODY */
 #define MIME_BS_REV2     0x2u  /* RFC 9051: message/global is a body-type-msg too */
@@ -124,5 +125,23 @@ int mime_bodystructure(const struct mime_message *m, const struct mime_part *p,
 /* nstring per RFC 3501 §9: NIL for NULL, a quoted string when the text allows,
  * else (CR, LF, NUL, 8-bit, or force_literal) a literal. */
 int mime_imap_nstring(struct buf *out, const char *s, size_t len, bool force_literal);
+
+/* Internal to mime.c and mime_imap.c (defined in mime.c), not API. */
+/* Skips whitespace and (nested) comments at s[*i], RFC 5322 §3.2.2. */
+void mime_skip_cfws(const char *s, size_t len, size_t *i);
+/* RFC 2045 §5.1 token at s[*i] as a fresh string, or NULL when none. */
+char *mime_token(const char *s, size_t len, size_t *i);
+/* quoted-string at s[*i] == '"' (unterminated runs to the end), unescaped, fresh. */
+char *mime_quoted(const char *s, size_t len, size_t *i);
+/* Unfolded value (see mime_header_get) as a fresh string, or NULL when absent. */
+char *mime_header_dup(const struct mime_message *m, const struct mime_part *p,
+    const char *name, int nth, bool *folded_r);
+/* RFC 2231 grouping of ct's parameters into a fresh array of nparams + 1 slots;
+ * decode selects %-decoding and charset conversion over raw merging. */
+void mime_params_2231(const struct mime_ctype *ct, bool decode, struct mime_param **out_r,
+    size_t *n_r);
+/* Content-Type of p, defaults applied (RFC 2045 §5.2, RFC 2046 §5.1.5 digest). */
+void mime_part_ctype(const struct mime_message *m, const struct mime_part *p, bool digest_child,
+    struct mime_ctype *ct);
 
 #endif
