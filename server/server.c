@@ -138,7 +138,7 @@ const struct proto_ops *server_proto_ops(enum cfg_proto p)
 	case PROTO_SUBMISSIONS:
 		return &smtp_ops;
 	default:
-		fatalx("protocol %s is not implemented", cfg_proto_name(p));
+		fatalx("no session for protocol %s (the config check refuses such listeners)", cfg_proto_name(p));
 	}
 }
 
