@@ -9,7 +9,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "integration"))
 
-from harness import Server, make_message  # noqa: E402
+from harness import ServerTestCase, make_message  # noqa: E402
 
 FETCHMAIL = shutil.which("fetchmail")
 PW = "Fetchmail-Pw-3e1"
@@ -17,28 +17,11 @@ USERS = {f"fm{i}@example.org": PW for i in range(1, 5)}
 
 
 @unittest.skipIf(FETCHMAIL is None, "fetchmail is not installed")
-class Fetchmail(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = Server(users=USERS, name="fetchmail")
-        try:
-            cls.srv.start()
-        except BaseException:
-            cls.srv.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.srv.assert_alive()
-            cls.srv.assert_no_secrets_in_log()
-            rc = cls.srv.stop()
-            cls.srv.check_sanitizers()
-            assert rc == 0, f"server exit status {rc}"
-        finally:
-            cls.srv.close()
+class Fetchmail(ServerTestCase):
+    server_kwargs = {"users": USERS}
 
     def setUp(self):
+        super().setUp()
         self.home = tempfile.mkdtemp(prefix="postling-fetchmail-")
         self.addCleanup(shutil.rmtree, self.home, True)
         self.mbox = os.path.join(self.home, "mbox")

@@ -16,7 +16,7 @@ import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "integration"))
 
-from harness import Server  # noqa: E402
+from harness import ServerTestCase  # noqa: E402
 
 SWAKS = shutil.which("swaks")
 MSMTP = shutil.which("msmtp")
@@ -45,35 +45,15 @@ def message(subject, sender="sender@example.org"):
             "Interop body.\n.leading dot\n..two dots\n.\nlast line\n").encode()
 
 
-class Interop(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.srv = Server(users=USERS, name="swaks-msmtp",
-                         listeners=("smtp", "submission", "submissions", "pop3s"),
-                         config={"auth": {"loopback_is_local": False}})
-        try:
-            cls.srv.start()
-        except BaseException:
-            cls.srv.close()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.srv.assert_alive()
-            cls.srv.assert_no_secrets_in_log()
-            rc = cls.srv.stop()
-            cls.srv.check_sanitizers()
-            assert rc == 0, f"server exit status {rc}"
-        finally:
-            cls.srv.close()
+class Interop(ServerTestCase):
+    server_kwargs = {"users": USERS, "listeners": ("smtp", "submission", "submissions", "pop3s"),
+                     "config": {"auth": {"loopback_is_local": False}}}
 
     def setUp(self):
+        super().setUp()
         self.home = tempfile.mkdtemp(prefix="postling-smtp-interop-")
         self.addCleanup(shutil.rmtree, self.home, True)
 
-    def tearDown(self):
-        self.srv.assert_alive()
 
     # -- checks
     def stored(self, user, qid):
