@@ -146,13 +146,19 @@ static void transaction_failed(struct smtp_session *s, int code, const char *enh
 	content_end(s);
 }
 
+/* Some recipient is remote: the message has a queue entry */
+static bool has_remote_rcpts(const struct smtp_session *s)
+{
+	for (size_t i = 0; i < s->nrcpts; i++)
+		if (s->rcpts[i].account == NULL)
+			return true;
+	return false;
+}
+
 static void accepted(struct smtp_session *s)
 {
-	bool remote = false;
-	for (size_t i = 0; i < s->nrcpts; i++)
-		remote |= s->rcpts[i].account == NULL;
 	/* only now: a 451 after the queue write takes the entry back (unqueue) */
-	if (remote && server->relay != NULL)
+	if (has_remote_rcpts(s) && server->relay != NULL)
 		relay_submitted(server->relay, s->id);
 	log_result(s, true, "queued", s->msg.len - s->body_start);
 	smtp_reply(s, 250, "2.0.0", "Ok: queued as %s", s->id);
@@ -201,7 +207,7 @@ static void unqueue(struct smtp_session *s)
 {
 	struct unqueue_job *j = xcalloc(1, sizeof(*j));
 	j->s = s;
-	j->dir = xasprintf("%s/queue", server->cfg->server.data_dir);
+	j->dir = queue_dir_path(server->cfg->server.data_dir);
 	j->id = xstrdup(s->id);
 	s->ujob = j;
 	aio_submit(store_aio(server->store), unqueue_work, unqueue_done, j);
@@ -216,10 +222,7 @@ static void local_done(void *arg, int error)
 		return;
 	}
 	log_msg(LL_ERROR, "smtp.deliver_failed", "%s: %s", s->id, strerror(error));
-	bool queued = false;
-	for (size_t i = 0; i < s->nrcpts; i++)
-		queued |= s->rcpts[i].account == NULL;
-	if (queued) {
+	if (has_remote_rcpts(s)) {
 		unqueue(s);              /* replies when the entry is gone */
 		return;
 	}
@@ -309,7 +312,7 @@ static void finish_message(struct smtp_session *s)
 		deliver_local(s);
 		return;
 	}
-	char *dir = xasprintf("%s/queue", server->cfg->server.data_dir);
+	char *dir = queue_dir_path(server->cfg->server.data_dir);
 	s->qreq = queue_submit(store_aio(server->store), dir, &env, s->msg.data, s->msg.len, queue_done, s);
 	free(dir);
 	free(env.rcpts);       /* the strings are borrowed; queue_submit copied them */

@@ -305,6 +305,19 @@ static char *join_reply(const char *reply)
 	return buf_steal(&b, NULL);
 }
 
+bool bounce_reply_enhanced(const char *reply, char out[16])
+{
+	const char *s = reply;
+	if (has_code(s))
+		s += s[3] != '\0' ? 4 : 3;
+	size_t n = enh_len(s);
+	if (n == 0 || n >= 16)
+		return false;
+	memcpy(out, s, n);
+	out[n] = '\0';
+	return true;
+}
+
 /* RFC 3463 status for a recipient whose (joined) reply is r; see relay.h. */
 static void rcpt_status(const char *r, enum bounce_kind kind, char out[16])
 {

@@ -740,6 +740,11 @@ int queue_clean(const char *queue_dir)
 	return rc;
 }
 
+char *queue_dir_path(const char *data_dir)
+{
+	return xasprintf("%s/queue", data_dir);
+}
+
 char *queue_msg_path(const char *queue_dir, const char *id)
 {
 	return queue_id_valid(id) ? entry_path(queue_dir, id, "msg") : NULL;

@@ -143,6 +143,8 @@ int queue_list(const char *queue_dir, char ***ids_r, size_t *n_r);
 int queue_clean(const char *queue_dir);
 /* malloc'ed "<queue_dir>/<id>.msg", or NULL for an invalid id */
 char *queue_msg_path(const char *queue_dir, const char *id);
+/* <data_dir>/queue (malloc'ed): where the server, the relay and the CLI find it */
+char *queue_dir_path(const char *data_dir);
 
 /* Async queue_write for the SMTP session (reactor thread). env and msg are
  * copied: the caller may free them when this returns. cb runs later on the
@@ -368,6 +370,9 @@ bool bounce_reportable(const struct queue_env *env, const struct queue_rcpt *r,
 enum queue_body bounce_body_type(const char *dsn, size_t len);
 /* The DSN needs SMTPUTF8: its recipient, the original sender, is not ASCII. */
 bool bounce_smtputf8(const struct queue_env *env);
+/* The RFC 3463 enhanced code at the start of a reply ("550 5.1.1 ..." or a
+ * locally made "4.4.3 ..."): copied to out, or false when there is none. */
+bool bounce_reply_enhanced(const char *reply, char out[16]);
 
 /* --------------------------------------------------------------- scheduler.c */
 

@@ -83,19 +83,8 @@ static void next_domain(struct rentry *e);
  * ("550 5.1.1 ...", "4.4.3 DNS ..."), else the class of its state. */
 static void dsn_code(const struct queue_rcpt *q, char out[16])
 {
-	const char *p = q->last_reply;
-	for (int tries = 0; tries < 2 && *p != '\0'; tries++) {
-		unsigned a, b, c;
-		int n = 0;
-		if (sscanf(p, "%1u.%3u.%3u%n", &a, &b, &c, &n) == 3 && (a == 2 || a == 4 || a == 5) &&
-		    (p[n] == '\0' || p[n] == ' ')) {
-			snprintf(out, 16, "%u.%u.%u", a, b, c);
-			return;
-		}
-		p += strcspn(p, " ");           /* skip a basic code: "550 5.1.1" */
-		p += strspn(p, " ");
-	}
-	snprintf(out, 16, "%s", q->state == Q_DELIVERED ? "2.0.0" : q->state == Q_FAILED ? "5.0.0" : "4.0.0");
+	if (!bounce_reply_enhanced(q->last_reply, out))
+		snprintf(out, 16, "%s", q->state == Q_DELIVERED ? "2.0.0" : q->state == Q_FAILED ? "5.0.0" : "4.0.0");
 }
 
 static void log_rcpt(const struct rentry *e, const struct queue_rcpt *q, const char *event,

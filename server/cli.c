@@ -517,7 +517,7 @@ static bool queue_args_ok(char **args, int nargs)
 static int queue_main(const struct config *cfg, const struct cli_opts *o, char **args, int nargs)
 {
 	(void)o;
-	char *dir = xasprintf("%s/queue", cfg->server.data_dir);
+	char *dir = queue_dir_path(cfg->server.data_dir);
 	int r = nargs == 2 ? queue_show(dir, args[1]) : queue_list_all(dir);
 	free(dir);
 	return r;

@@ -273,7 +273,7 @@ static char *local_account(void *arg, const char *addr)
 static void relay_start(const struct config *cfg)
 {
 	char err[512] = "";
-	char *qdir = xasprintf("%s/queue", cfg->server.data_dir);
+	char *qdir = queue_dir_path(cfg->server.data_dir);
 	char *smarthost = xstrdup(cfg->relay.smarthost);
 	int port = cfg->relay.port;
 	char *colon = strrchr(smarthost, ':');
@@ -318,7 +318,7 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 		return -1;
 	/* what a crash left in the queue (a .msg without its .env, *.tmp) goes
 	 * before any session can be writing a new entry (design §6) */
-	char *qdir = xasprintf("%s/queue", cfg->server.data_dir);
+	char *qdir = queue_dir_path(cfg->server.data_dir);
 	queue_clean(qdir);
 	free(qdir);
 	server->throttle = throttle_new(cfg->auth.max_failures, cfg->auth.fail_window);
