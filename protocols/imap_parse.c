@@ -1,5 +1,5 @@
 /* imap_parse.c: IMAP command -> tag, command name, argument tree; sequence sets;
- * FETCH sections. See imap_parse.h for the contract; modified UTF-7 is in imap_mutf7.c. */
+ * FETCH sections. See imap_parse.h for the contract; modified UTF-7 is in common/mutf7.c. */
 #include "protocols/imap_parse.h"
 
 #include <ctype.h>

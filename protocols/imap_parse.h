@@ -211,15 +211,6 @@ struct imap_fetch_section {
  * whether the part exists is the session's business. */
 int imap_fetch_section_parse(const char *s, size_t len, struct imap_fetch_section *out);
 
-/* ---- modified UTF-7 mailbox names (RFC 3501 §5.1.3) ---- */
-/* imap_mutf7.c */
-/* Decodes to UTF-8 appended to out: 0, or -1 (out unchanged) on any invalid or
- * non-canonical form: bytes outside 0x20-0x7e, "&" unterminated, bad base64, a
- * shift holding printable ASCII ("&AGE-"), non-zero or excess pad bits, broken
- * surrogates, U+0000, two adjacent shifts, or when out refuses the bytes. */
-int imap_mutf7_decode(const char *s, size_t len, struct buf *out);
-/* Encodes valid UTF-8 (no overlongs, surrogates or NUL) as modified UTF-7 appended
- * to out: 0, or -1 (out unchanged). */
-int imap_mutf7_encode(const char *s, size_t len, struct buf *out);
+/* Modified UTF-7 mailbox names: common/mutf7.h */
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "common/mutf7.h"
 #include "protocols/imap_parse.h"
 
 /* Renders the tree: atoms bare, NUMBER as #n, NIL as NIL, quoted as "..",
@@ -565,10 +566,10 @@ static void mutf7_round_trips(void **state)
 	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
 		struct buf b;
 		buf_init(&b, 1024);
-		assert_int_equal(imap_mutf7_encode(v[i].utf8, strlen(v[i].utf8), &b), 0);
+		assert_int_equal(mutf7_encode(v[i].utf8, strlen(v[i].utf8), &b), 0);
 		assert_string_equal(b.data, v[i].mutf7);
 		buf_reset(&b);
-		assert_int_equal(imap_mutf7_decode(v[i].mutf7, strlen(v[i].mutf7), &b), 0);
+		assert_int_equal(mutf7_decode(v[i].mutf7, strlen(v[i].mutf7), &b), 0);
 		assert_string_equal(b.data, v[i].utf8);
 		buf_free(&b);
 	}
@@ -598,7 +599,7 @@ static void mutf7_rejects_invalid_and_non_canonical(void **state)
 		struct buf b;
 		buf_init(&b, 1024);
 		assert_int_equal(buf_appends(&b, "x"), 0);
-		assert_int_equal(imap_mutf7_decode(bad[i], strlen(bad[i]), &b), -1);
+		assert_int_equal(mutf7_decode(bad[i], strlen(bad[i]), &b), -1);
 		assert_int_equal(b.len, 1);   /* unchanged on failure */
 		buf_free(&b);
 	}
@@ -608,7 +609,7 @@ static void mutf7_rejects_invalid_and_non_canonical(void **state)
 	for (size_t i = 0; i < sizeof(bad_utf8) / sizeof(bad_utf8[0]); i++) {
 		struct buf b;
 		buf_init(&b, 1024);
-		assert_int_equal(imap_mutf7_encode(bad_utf8[i], lens[i], &b), -1);
+		assert_int_equal(mutf7_encode(bad_utf8[i], lens[i], &b), -1);
 		assert_int_equal(b.len, 0);
 		buf_free(&b);
 	}

@@ -1,7 +1,8 @@
-/* imap_mutf7.c: modified UTF-7 mailbox name codec (RFC 3501 §5.1.3). See
- * imap_parse.h for the contract. */
-#include "protocols/imap_parse.h"
+/* mutf7.c: modified UTF-7 mailbox name codec (RFC 3501 §5.1.3). See
+ * common/mutf7.h for the contract. */
+#include "common/mutf7.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -138,7 +139,7 @@ static int mutf7_decode_raw(const char *s, size_t len, struct buf *out)
 	return 0;
 }
 
-int imap_mutf7_decode(const char *s, size_t len, struct buf *out)
+int mutf7_decode(const char *s, size_t len, struct buf *out)
 {
 	size_t base = out->len;
 	if (mutf7_decode_raw(s, len, out) == -1) {
@@ -207,7 +208,7 @@ static int mutf7_encode_raw(const char *s, size_t len, struct buf *out)
 	return shifted ? flush_bits(out, &bits, &nbits) : 0;
 }
 
-int imap_mutf7_encode(const char *s, size_t len, struct buf *out)
+int mutf7_encode(const char *s, size_t len, struct buf *out)
 {
 	size_t base = out->len;
 	if (mutf7_encode_raw(s, len, out) == -1) {
