@@ -109,11 +109,14 @@ int maildir_create_file(const char *dir, const char *name, const struct maildir_
 
 /* ---------------------------------------------------------------- index.c */
 
+#define STORE_MAX_KEYWORDS 64        /* IMAP keywords per folder (a uint64_t mask) */
+
 /* One message as the index knows it. */
 struct store_msg {
 	uint32_t uid;
 	uint64_t modseq;
 	uint32_t flags;              /* MF_* */
+	uint64_t keywords;           /* bit i = the folder's keyword i (store_index.keywords) */
 	uint64_t size;               /* octets as stored (CRLF) */
 	time_t internal_date;
 	char *base;                  /* Maildir base name (up to ':'), owned */
@@ -126,6 +129,8 @@ struct store_index {
 	uint64_t highestmodseq;
 	struct store_msg *msgs;      /* sorted by uid */
 	size_t count;
+	char *keywords[STORE_MAX_KEYWORDS];   /* IMAP keyword names by bit, owned */
+	size_t nkeywords;
 };
 
 /* Read <folder>/postling.index; -1 if missing or corrupt (caller rebuilds).
@@ -207,5 +212,163 @@ struct store_req *store_expunge(struct store *s, const struct store_view *v, con
  * before the message in that user's copy (Return-Path:, Delivered-To:). */
 struct store_req *store_deliver(struct store *s, char *const *users, const char *const *prefixes,
     size_t nusers, const char *data, size_t len, store_done_cb cb, void *arg);
+
+/* ---------------------------------------------------------------- mailbox.c */
+/* IMAP's view of the store: folders by name, and the shared open folder object
+ * (design §5) that every IMAP session with the folder selected uses.
+ *
+ * Names: UTF-8 (the session decodes modified UTF-7 for rev1 clients), hierarchy
+ * delimiter '/', "INBOX" in any case is the user's root Maildir. Other folders
+ * are Maildir++ directories "<user>/.<c1>.<c2>..." whose components are written
+ * in modified UTF-7 (common/mutf7.h), as Dovecot names them, so
+ * "Archive/2024/Zürich" is ".Archive.2024.Z&APw-rich". */
+#define STORE_MAX_NAME 255           /* octets of a UTF-8 folder name */
+#define STORE_MAX_LEVELS 16          /* hierarchy depth */
+
+/* 0 when name is a valid folder name for create/rename/append targets, -1 when
+ * not (the session answers NO [CANNOT]): empty; longer than STORE_MAX_NAME;
+ * invalid UTF-8; control characters (< 0x20, 0x7f); an empty component (leading,
+ * trailing or doubled '/'); a component that is "." or ".." or contains '.'
+ * (the Maildir++ separator) or starts with '~'; more than STORE_MAX_LEVELS levels. */
+int store_name_check(const char *name);
+/* name with a leading "INBOX" component (any case) written "INBOX"; malloc'ed. */
+char *store_name_normalize(const char *name);
+
+/* Special-use attribute (RFC 6154) of a folder name, or NULL: "Sent" → "\\Sent",
+ * "Drafts", "Trash", "Junk", "Archive" likewise (the folders maildir_create makes). */
+const char *store_special_use(const char *name);
+
+/* ---- folder-level operations (one aio job each; errors as errno values) ---- */
+
+struct store_folder_info {
+	char *name;                  /* UTF-8 with '/', owned */
+	bool exists;                 /* false: only subscribed (LIST \\NonExistent) */
+	bool subscribed;
+	bool has_children;           /* some existing folder below it */
+	const char *special_use;     /* static, or NULL */
+};
+/* Every folder of the user (INBOX first, the rest sorted by name) plus subscribed
+ * names that do not exist. Creates the user's Maildir when missing. */
+typedef void (*store_list_cb)(void *arg, int error, struct store_folder_info *v, size_t n);  /* v owned by cb */
+struct store_req *store_folder_list(struct store *s, const char *user, store_list_cb cb, void *arg);
+void store_folder_list_free(struct store_folder_info *v, size_t n);
+
+/* EEXIST, EINVAL (bad name). Parents are created as needed ("a/b" makes "a"). */
+struct store_req *store_folder_create(struct store *s, const char *user, const char *name,
+    store_done_cb cb, void *arg);
+/* ENOENT, EPERM (INBOX), ENOTEMPTY (has child folders: delete them first).
+ * Removes the messages and the folder; an open shared mailbox of it is marked
+ * deleted and its watchers told. */
+struct store_req *store_folder_delete(struct store *s, const char *user, const char *name,
+    store_done_cb cb, void *arg);
+/* Renames a folder and its children (RFC 9051 §6.3.6). ENOENT, EEXIST, EINVAL.
+ * Renaming INBOX moves its messages (new UIDs) into a new folder "to" and leaves
+ * INBOX empty. Open shared mailboxes of renamed folders are marked deleted. */
+struct store_req *store_folder_rename(struct store *s, const char *user, const char *from,
+    const char *to, store_done_cb cb, void *arg);
+/* Subscriptions live in "<user>/subscriptions" (one UTF-8 name per line, Dovecot's
+ * file name), replaced atomically. A name need not exist. */
+struct store_req *store_folder_subscribe(struct store *s, const char *user, const char *name,
+    bool subscribe, store_done_cb cb, void *arg);
+
+struct store_status {
+	uint32_t messages, unseen, deleted, recent;
+	uint32_t uidnext, uidvalidity;
+	uint64_t size;               /* sum of message sizes (STATUS SIZE) */
+	uint64_t highestmodseq;
+};
+/* From the shared mailbox when the folder is open (no I/O), else from its index
+ * (synced with the directory first). ENOENT when the folder does not exist. */
+typedef void (*store_status_cb)(void *arg, int error, const struct store_status *st);
+struct store_req *store_folder_status(struct store *s, const char *user, const char *name,
+    store_status_cb cb, void *arg);
+/* Storage used by all the user's folders (QUOTA, APPENDLIMIT checks). */
+typedef void (*store_usage_cb)(void *arg, int error, uint64_t bytes, uint64_t messages);
+struct store_req *store_user_usage(struct store *s, const char *user, store_usage_cb cb, void *arg);
+
+/* ---- the shared open folder ---- */
+
+struct store_mailbox;
+struct store_watch;
+
+/* The folder's state as the store knows it now (reactor thread). Valid until the
+ * caller returns to the reactor: any callback may change it. */
+struct store_mbox_state {
+	uint32_t uidvalidity, uidnext;
+	uint64_t highestmodseq;
+	const struct store_msg *msgs;   /* sorted by uid; msgs[i].base belongs to the store */
+	size_t count;
+	const char *const *keywords;    /* keyword names by bit */
+	size_t nkeywords;
+	bool deleted;                   /* folder deleted or renamed away: sessions must leave it */
+};
+
+/* Opens (or shares the already open) folder: the first open loads and syncs the
+ * index on a worker; later opens of the same user+folder share that object and
+ * only sync it again (so a SELECT sees mail dropped in by other programs).
+ * cb gets a reference (error 0) or ENOENT (no such folder), EINVAL (bad name). */
+typedef void (*store_mailbox_cb)(void *arg, int error, struct store_mailbox *mb);
+struct store_req *store_mailbox_open(struct store *s, const char *user, const char *name,
+    store_mailbox_cb cb, void *arg);
+/* Drops a reference; the object goes away with the last one (after its running
+ * jobs, whose callbacks have been cancelled with their store_req). */
+void store_mailbox_close(struct store_mailbox **mb_r);
+const struct store_mbox_state *store_mailbox_state(const struct store_mailbox *mb);
+const char *store_mailbox_name(const struct store_mailbox *mb);
+const struct store_msg *store_mailbox_find(const struct store_mailbox *mb, uint32_t uid);
+
+/* changed(arg) runs on the reactor, from an event (never inside another store
+ * call), after the state changed: messages added or expunged, flags or keywords
+ * changed, folder deleted. Several changes may be folded into one call. The
+ * session compares the state with what it last told its client. */
+struct store_watch *store_mailbox_watch(struct store_mailbox *mb, void (*changed)(void *arg), void *arg);
+void store_mailbox_unwatch(struct store_watch **w_r);
+
+/* \\Recent (IMAP4rev1 only): the first session to claim after messages arrived
+ * gets them. Returns the lowest UID that is recent for the caller (messages with
+ * uid >= it); later calls return the current uidnext (nothing recent) until more
+ * arrive. In memory only: after a restart everything is recent once more. */
+uint32_t store_mailbox_claim_recent(struct store_mailbox *mb);
+
+/* Rescan the directories (new files from deliveries or other programs, files
+ * removed or renamed outside us) and apply the differences. */
+struct store_req *store_mailbox_sync(struct store_mailbox *mb, store_done_cb cb, void *arg);
+
+enum store_flag_op { STORE_FLAGS_REPLACE = 0, STORE_FLAGS_ADD, STORE_FLAGS_REMOVE };
+/* Changes flags and keywords of the listed uids (absent uids are skipped): the
+ * Maildir file is renamed to carry the standard flags, the index records flags,
+ * keywords and a new modseq for each message that changed. Keyword names are new
+ * bits when not yet known; ENOSPC when more than STORE_MAX_KEYWORDS would be needed
+ * (nothing changed then). */
+struct store_req *store_mailbox_store(struct store_mailbox *mb, const uint32_t *uids, size_t n,
+    enum store_flag_op op, uint32_t flags, const char *const *keywords, size_t nkeywords,
+    store_done_cb cb, void *arg);
+/* Removes the listed uids (files unlinked, directories fsync'ed, index updated). */
+struct store_req *store_mailbox_expunge(struct store_mailbox *mb, const uint32_t *uids, size_t n,
+    store_done_cb cb, void *arg);
+
+/* Copies the listed uids (present ones, in uid order) to folder `to` of the same
+ * user, with their flags, keywords and internal dates; with move, removes them
+ * from mb afterwards (RFC 6851). Each copy is durable (fsync) before cb. ENOENT
+ * when `to` does not exist (TRYCREATE). cb gets the uid pairs for COPYUID
+ * (RFC 4315): src[i] became dst[i]; the arrays are valid during the callback. */
+typedef void (*store_copy_cb)(void *arg, int error, uint32_t dst_uidvalidity, const uint32_t *src,
+    const uint32_t *dst, size_t n);
+struct store_req *store_mailbox_copy(struct store_mailbox *mb, const uint32_t *uids, size_t n,
+    const char *to, bool move, store_copy_cb cb, void *arg);
+
+/* APPEND: the message is read from fd (the store takes the fd and closes it; it is
+ * read from offset 0), line ends normalised to CRLF, written durably into folder
+ * `name`, given the flags, keywords and internal date (0 = now). ENOENT (TRYCREATE),
+ * EINVAL (bad name), ENOSPC (keywords), EFBIG (past max_size, 0 = none). An open
+ * shared mailbox of the folder learns of it before cb. */
+typedef void (*store_append_cb)(void *arg, int error, uint32_t uidvalidity, uint32_t uid);
+struct store_req *store_append(struct store *s, const char *user, const char *name, int fd,
+    uint64_t max_size, uint32_t flags, const char *const *keywords, size_t nkeywords,
+    time_t internal_date, store_append_cb cb, void *arg);
+
+/* Reading a message of a shared mailbox (FETCH, SEARCH): like store_file_open. */
+struct store_req *store_mailbox_file_open(struct store_mailbox *mb, const struct store_msg *m,
+    store_file_cb cb, void *arg);
 
 #endif
