@@ -105,7 +105,7 @@ struct mta_req {
 	int port;                    /* when an address has none */
 	char *mx_name, *helo, *auth_user, *auth_pass, *sender, *envid, *msg_path;
 	SSL_CTX *tls_ctx;
-	bool tls_required, need_utf8, body_8bit;
+	bool tls_required, implicit_tls, need_utf8, body_8bit;
 	int ret;
 	char **rcpts, **orcpt;
 	unsigned *notify;
@@ -524,12 +524,8 @@ static void bev_setup(struct mta_req *s)
 /* Nothing may follow the 220 (it would be a reply injected in clear and
  * read as if protected, cf. CVE-2011-0411): a failed STARTTLS like any
  * other. The plain bev goes, the descriptor stays. */
-static void start_tls(struct mta_req *s)
+static void tls_wrap(struct mta_req *s)
 {
-	if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
-		tls_failed(s, "data after the STARTTLS reply");
-		return;
-	}
 	SSL *ssl = SSL_new(s->tls_ctx);
 	if (ssl == NULL) {
 		tls_failed(s, "SSL_new failed");
@@ -553,11 +549,27 @@ static void start_tls(struct mta_req *s)
 	arm(s, s->t_cmd);
 }
 
+static void start_tls(struct mta_req *s)
+{
+	if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0) {
+		tls_failed(s, "data after the STARTTLS reply");
+		return;
+	}
+	tls_wrap(s);
+}
+
 static void tls_ready(struct mta_req *s)
 {
 	free(s->res->tls_version);
 	s->res->tls_version = xstrdup(SSL_get_version(s->ssl));
 	s->res->tls = true;
+	if (s->implicit_tls) {   /* RFC 8314 §3.3: the greeting comes over TLS */
+		mta_enter(s, MTA_S_GREETING);
+		arm(s, s->t_cmd);
+		if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+			on_read(s->bev, s);
+		return;
+	}
 	send_ehlo(s, "EHLO");   /* RFC 3207 §4.2: forget what was learnt before */
 }
 
@@ -1015,7 +1027,9 @@ static void on_write(struct bufferevent *bev, void *arg)
 
 static void on_connected(struct mta_req *s)
 {
-	if (s->state == MTA_S_CONNECT) {
+	if (s->state == MTA_S_CONNECT && s->implicit_tls) {
+		tls_wrap(s);
+	} else if (s->state == MTA_S_CONNECT) {
 		mta_enter(s, MTA_S_GREETING);
 		arm(s, s->t_cmd);   /* RFC 5321 §4.5.3.2.1 */
 		if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
@@ -1162,7 +1176,7 @@ static bool params_ok(const struct event_base *base, const struct mta_params *p,
 	if (base == NULL || p == NULL || cb == NULL || p->aio == NULL || p->naddrs == 0
 	    || p->addrs == NULL || p->nrcpts == 0 || p->rcpts == NULL || p->msg_path == NULL
 	    || p->port < 0 || p->port > 65535 || !str_ok(p->helo, false) || p->helo[0] == '\0'
-	    || !str_ok(p->sender, true) || (p->tls_required && p->tls == NULL)
+	    || !str_ok(p->sender, true) || ((p->tls_required || p->implicit_tls) && p->tls == NULL)
 	    || (p->auth_user == NULL) != (p->auth_pass == NULL)
 	    || (p->envid != NULL && !str_ok(p->envid, true))
 	    || (p->mx_name != NULL && !str_ok(p->mx_name, false)))
@@ -1192,7 +1206,8 @@ static void copy_params(struct mta_req *s, const struct mta_params *p)
 		s->auth_pass = xstrdup(p->auth_pass);
 	}
 	s->tls_ctx = p->tls;
-	s->tls_required = p->tls_required;
+	s->tls_required = p->tls_required || p->implicit_tls;
+	s->implicit_tls = p->implicit_tls;
 	s->body_8bit = p->body_8bit;
 	s->ret = p->ret;
 	s->nrcpts = p->nrcpts;

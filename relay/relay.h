@@ -393,6 +393,10 @@ struct relay_params {
 	uint64_t retry_initial, retry_max, warn_after, max_queue_time;   /* seconds */
 	int connect_timeout, cmd_timeout, data_timeout, final_timeout;    /* seconds (RFC 5321 §4.5.3.2) */
 	bool hold;                   /* keep everything queued, attempt nothing */
+	bool tls_require;            /* relay.tls: require: no delivery in clear (4.7.10, deferred) */
+	bool smarthost_implicit;     /* TLS from the first octet (port 465), else STARTTLS */
+	char *smarthost_user;        /* "" or AUTH credentials for the smarthost */
+	char *smarthost_password;
 	/* malloc'ed account address when addr is a local mailbox, else NULL */
 	char *(*local_account)(void *arg, const char *addr);
 	void *hook_arg;
@@ -506,6 +510,8 @@ struct mta_params {
 	const char *helo;                  /* our hostname for EHLO/HELO */
 	struct ssl_ctx_st *tls;            /* client context; NULL: never STARTTLS */
 	bool tls_required;                 /* needs tls */
+	bool implicit_tls;                 /* TLS handshake right after connect (RFC 8314 §3.3);
+	                                    * needs tls, implies tls_required */
 	const char *auth_user, *auth_pass; /* both or neither */
 	const char *sender;                /* "" = null reverse-path */
 	bool smtputf8, body_8bit;          /* what the message needs */
@@ -553,7 +559,7 @@ typedef void (*mta_done_cb)(void *arg, struct mta_result *res);
 /* NULL with errno EINVAL when p breaks a rule above: no address or
  * recipient, a missing string, a control octet in helo, sender, a
  * recipient, envid or orcpt (no command injection), a space in helo,
- * tls_required without tls, auth_user without auth_pass, no aio. */
+ * tls_required or implicit_tls without tls, auth_user without auth_pass, no aio. */
 struct mta_req *mta_deliver(struct event_base *base, const struct mta_params *p, mta_done_cb cb,
     void *arg);
 void mta_cancel(struct mta_req **r_r);

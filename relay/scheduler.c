@@ -568,7 +568,17 @@ static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list
 		.ret = (int)a->e->env.ret, .rcpts = rcpts, .notify = notify, .orcpt = orcpt, .nrcpts = a->n,
 		.aio = r->aio, .connect_timeout = r->p.connect_timeout, .cmd_timeout = r->p.cmd_timeout,
 		.data_timeout = r->p.data_timeout, .final_timeout = r->p.final_timeout,
+		.tls_required = r->p.tls_require,
 	};
+	if (r->p.smarthost[0] != '\0') {
+		/* relay.smarthost_tls / smarthost_user (RFC 8314 §3.3, RFC 4954) */
+		mp.implicit_tls = r->p.smarthost_implicit;
+		mp.tls_required = mp.tls_required || r->p.smarthost_implicit;
+		if (r->p.smarthost_user[0] != '\0') {
+			mp.auth_user = r->p.smarthost_user;
+			mp.auth_pass = r->p.smarthost_password;
+		}
+	}
 	char *path = queue_msg_path(r->p.queue_dir, a->e->env.id);
 	struct stat sb;
 	mp.msg_path = path;
@@ -741,6 +751,8 @@ static void params_copy(struct relay_params *dst, const struct relay_params *src
 	dst->data_dir = xstrdup(src->data_dir);
 	dst->hostname = xstrdup(src->hostname);
 	dst->smarthost = xstrdup(src->smarthost ? src->smarthost : "");
+	dst->smarthost_user = xstrdup(src->smarthost_user ? src->smarthost_user : "");
+	dst->smarthost_password = xstrdup(src->smarthost_password ? src->smarthost_password : "");
 }
 
 static void params_free(struct relay_params *p)
@@ -749,6 +761,10 @@ static void params_free(struct relay_params *p)
 	free(p->data_dir);
 	free(p->hostname);
 	free(p->smarthost);
+	free(p->smarthost_user);
+	if (p->smarthost_password != NULL)
+		explicit_bzero(p->smarthost_password, strlen(p->smarthost_password));
+	free(p->smarthost_password);
 }
 
 struct relay *relay_new(struct event_base *base, struct aio *aio, const struct relay_params *p,

@@ -614,6 +614,22 @@ static int check_expire(struct ctx *c, yaml_node_t *v, char **s_r)
 	return fail(c, v, "expire: expected NEVER or a number of days, found '%.60s'", *s_r);
 }
 
+static int check_relay_tls(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	setcase(*s_r, tolower);
+	if (strcmp(*s_r, "opportunistic") == 0 || strcmp(*s_r, "require") == 0)
+		return 0;
+	return fail(c, v, "relay.tls: expected opportunistic or require, found '%.60s'", *s_r);
+}
+
+static int check_smarthost_tls(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	setcase(*s_r, tolower);
+	if (strcmp(*s_r, "starttls") == 0 || strcmp(*s_r, "implicit") == 0)
+		return 0;
+	return fail(c, v, "relay.smarthost_tls: expected starttls or implicit, found '%.60s'", *s_r);
+}
+
 /* "<iter>:<salt b64>:<StoredKey b64>:<ServerKey b64>" (RFC 5802 §5) */
 static int check_scram(struct ctx *c, yaml_node_t *v, char **s_r)
 {
@@ -788,6 +804,10 @@ static const struct key relay_keys[] = {
 	K("command_timeout", key_dur_int, OFF(relay.command_timeout), .min = 1, .max = 3600),
 	K("data_timeout", key_dur_int, OFF(relay.data_timeout), .min = 1, .max = 3600),
 	K("final_timeout", key_dur_int, OFF(relay.final_timeout), .min = 1, .max = 3600),
+	K("tls", key_str, OFF(relay.tls), .check = check_relay_tls),
+	K("smarthost_tls", key_str, OFF(relay.smarthost_tls), .check = check_smarthost_tls),
+	K("smarthost_user", key_str, OFF(relay.smarthost_user)),
+	K("smarthost_password", key_str, OFF(relay.smarthost_password)),
 	{ .name = NULL },
 };
 static const struct key root_keys[] = {
@@ -890,6 +910,19 @@ static int check_listeners(struct ctx *c, const struct config *cfg, yaml_node_t 
 	return 0;
 }
 
+/* Smarthost credentials go together, and only with a smarthost. */
+static int check_relay(struct ctx *c, const struct config *cfg, yaml_node_t *root)
+{
+	yaml_node_t *relay = map_get(c, root, "relay");
+	yaml_node_t *n = relay != NULL ? relay : root;
+	bool user = cfg->relay.smarthost_user[0] != '\0', pass = cfg->relay.smarthost_password[0] != '\0';
+	if (user != pass)
+		return fail(c, n, "relay.smarthost_user and relay.smarthost_password go together");
+	if ((user || strcmp(cfg->relay.smarthost_tls, "implicit") == 0) && cfg->relay.smarthost[0] == '\0')
+		return fail(c, n, "relay.smarthost_user/smarthost_tls need relay.smarthost");
+	return 0;
+}
+
 static int config_finish(struct ctx *c, yaml_node_t *root, void *base)
 {
 	struct config *cfg = base;
@@ -901,7 +934,7 @@ static int config_finish(struct ctx *c, yaml_node_t *root, void *base)
 		host[sizeof(host) - 1] = '\0';
 		cfg->server.hostname = xstrdup(host);
 	}
-	if (check_listeners(c, cfg, root) == -1)
+	if (check_listeners(c, cfg, root) == -1 || check_relay(c, cfg, root) == -1)
 		return -1;
 	if (cfg->users_file[0] != '\0') {
 		/* parse-check only: the server loads it (and reloads it on SIGHUP) itself */
@@ -1078,7 +1111,7 @@ static const char defaults_yaml[] =
 	"  data_timeout: 3m, greeting_delay_ms: 0, vrfy: false }\n"
 	"relay: { dns: { port: 53 }, port: 25, retry_initial: 5m, retry_max: 1h, warn_after: 4h,\n"
 	"  max_queue_time: 5d, connect_timeout: 30s, command_timeout: 5m, data_timeout: 3m,\n"
-	"  final_timeout: 10m }\n";
+	"  final_timeout: 10m, tls: opportunistic, smarthost_tls: starttls }\n";
 
 static void cfg_defaults(struct config *cfg, const char *path)
 {

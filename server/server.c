@@ -290,6 +290,9 @@ static void relay_start(const struct config *cfg)
 		.max_queue_time = cfg->relay.max_queue_time, .hold = cfg->relay.hold,
 		.connect_timeout = cfg->relay.connect_timeout, .cmd_timeout = cfg->relay.command_timeout,
 		.data_timeout = cfg->relay.data_timeout, .final_timeout = cfg->relay.final_timeout,
+		.tls_require = strcmp(cfg->relay.tls, "require") == 0,
+		.smarthost_implicit = strcmp(cfg->relay.smarthost_tls, "implicit") == 0,
+		.smarthost_user = cfg->relay.smarthost_user, .smarthost_password = cfg->relay.smarthost_password,
 		.local_account = local_account,
 	};
 	server->relay = relay_new(server->base, store_aio(server->store), &p, err, sizeof(err));

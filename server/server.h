@@ -113,6 +113,10 @@ struct config {
 		bool hold;               /* true: keep queued mail, attempt no delivery (maintenance, tests) */
 		int connect_timeout, command_timeout, data_timeout, final_timeout;   /* seconds,
 		                          * defaults 30s, 5m, 3m, 10m (RFC 5321 §4.5.3.2) */
+		char *tls;               /* "opportunistic" (default) or "require": STARTTLS or defer */
+		char *smarthost_tls;     /* "starttls" (default) or "implicit" (port 465 style) */
+		char *smarthost_user;    /* "" = no AUTH; else AUTH PLAIN/LOGIN, only under TLS */
+		char *smarthost_password;
 	} relay;
 };
 

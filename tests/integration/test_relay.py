@@ -821,6 +821,81 @@ class Smarthost(RelayTestCase):
         # "host:port" with an IPv4 address for host: connect to it, no DNS
         self._via("127.0.0.1:{port}", "127.0.0.1")
 
+    def _auth_smarthost(self, listener, tls_mode, password=PW):
+        """B as an authenticated smarthost: its account relay@remote.example owns
+        example.org through a catch-all alias, so alice's mail may go out as it."""
+        users = {self.RCPT: PW, "relay@remote.example": {"password": PW, "aliases": ["@example.org"]}}
+        b = Server(name="relayB", users=users, listeners=("smtp", listener),
+                   config={"server": {"hostname": B_HOST},
+                           "domains": ["remote.example", "nxdomain.example", "example.org"]})
+        self._servers.append(b)
+        b.start()
+        a = self.server_a(free_port(), config={"relay": {
+            "smarthost": f"127.0.0.1:{b.port(listener)}", "smarthost_tls": tls_mode,
+            "smarthost_user": "relay@remote.example", "smarthost_password": password}})
+        return a, b
+
+    def test_smarthost_implicit_tls_with_auth(self):
+        # relay.smarthost_tls: implicit (port 465 style, RFC 8314) and AUTH PLAIN
+        a, b = self._auth_smarthost("submissions", "implicit")
+        content = make_body("via authenticated smarthost", to=self.RCPT)
+        qid, _tls = self.submit(a, [self.RCPT], content)
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, timeout=5)
+        self.assert_relay_line(d, qid, self.RCPT, mx="127.0.0.1")
+        self.wait_queue_empty(a)
+        self.assertTrue(self.one_file(b, self.RCPT).endswith(content))
+        [ok] = b.wait_log("auth.ok", timeout=5)
+        self.assertEqual(ok.get("user"), "relay@remote.example", ok)
+        self.assertEqual(b.find_log("auth.fail"), [])
+
+    def test_smarthost_starttls_with_auth(self):
+        # submission (587) needs STARTTLS before AUTH: the client upgrades, then logs in
+        a, b = self._auth_smarthost("submission", "starttls")
+        content = make_body("via submission smarthost", to=self.RCPT)
+        qid, _tls = self.submit(a, [self.RCPT], content)
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, timeout=5)
+        self.assertIs(d.get("tls"), True, d)
+        self.wait_queue_empty(a)
+        self.assertTrue(self.one_file(b, self.RCPT).endswith(content))
+
+    def test_smarthost_wrong_password_defers(self):
+        # a 535 to AUTH is the smarthost's refusal: deferred (the operator fixes the
+        # password), never bounced, and nothing delivered
+        a, b = self._auth_smarthost("submissions", "implicit", password="wrong-password")
+        qid, _tls = self.submit(a, [self.RCPT], make_body("bad credentials", to=self.RCPT))
+        [d] = self.wait_event(a, "relay.deferred", msgid=qid, timeout=5)
+        self.assertEqual(d.get("rcpt"), self.RCPT, d)
+        self.assertEqual(a.find_log("relay.bounced"), [])
+        self.assertEqual(b.message_files(self.RCPT), [])
+        wait_until(lambda: sorted(a.queue_files()) == [f"{qid}.env", f"{qid}.msg"], timeout=5,
+                   what="the entry alone in the queue")
+
+    def test_relay_tls_require_defers_without_starttls(self):
+        # relay.tls: require: an MX that offers no STARTTLS gets nothing in clear;
+        # the mail is deferred (4.7.10) and stays queued
+        b = Server(name="relayB", users={self.RCPT: PW}, listeners=("smtp",),
+                   config={"server": {"hostname": B_HOST}, "domains": ["remote.example", "nxdomain.example"],
+                           "tls": {"self_signed": False}})
+        self._servers.append(b)
+        b.start()
+        a = self.server_a(free_port(), config={"relay": {"smarthost": f"127.0.0.1:{b.port('smtp')}",
+                                                         "tls": "require"}})
+        qid, _tls = self.submit(a, [self.RCPT], make_body("clear text refused", to=self.RCPT))
+        [d] = self.wait_event(a, "relay.deferred", msgid=qid, timeout=5)
+        self.assertEqual(d.get("dsn"), "4.7.10", d)
+        self.assertEqual(b.message_files(self.RCPT), [])
+        # the deferral's state update (write .env.tmp, rename) may still be landing
+        wait_until(lambda: sorted(a.queue_files()) == [f"{qid}.env", f"{qid}.msg"], timeout=5,
+                   what="the entry alone in the queue")
+
+    def test_smarthost_credentials_need_each_other(self):
+        a = self.server_a(free_port(), start=False, config={"relay": {
+            "smarthost": "127.0.0.1:1", "smarthost_user": "someone@remote.example"}})
+        a.write_config()
+        r = a.run_cli("check-config", "-c", a.config_path)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("relay.smarthost_user and relay.smarthost_password go together", (r.stdout + r.stderr).decode())
+
     def test_smarthost_naming_ourselves_bounces_every_queued_message(self):
         # A config mistake (the smarthost is this server): each queued message must be
         # bounced 5.4.6 (loop), and the server must survive a queue of several of them.
