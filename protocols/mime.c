@@ -117,6 +117,20 @@ int mime_header_get(const struct mime_message *m, const struct mime_part *p,
 	return unfold(m->data, found.value, found.value_end, out, folded_r) == -1 ? -1 : 1;
 }
 
+int mime_field_next(const struct mime_message *m, const struct mime_part *p, size_t *pos,
+    struct mime_field *f)
+{
+	struct field fl;
+	if (!field_next(m->data, pos, p->hdr_start + p->hdr_len, &fl))
+		return 0;
+	f->start = fl.name;
+	f->name_len = fl.name_len;
+	f->value = fl.value;
+	f->value_end = fl.value_end;
+	f->end = *pos;
+	return 1;
+}
+
 /* Unfolded value as a fresh string, or NULL when absent. */
 char *mime_header_dup(const struct mime_message *m, const struct mime_part *p,
     const char *name, int nth, bool *folded_r)
@@ -799,4 +813,165 @@ const struct mime_part *mime_part_find(const struct mime_message *m, const unsig
 		p = ch;
 	}
 	return p;
+}
+
+/* ---------------------------------------------------------------- transfer decoding */
+
+enum mime_cte mime_cte_parse(const char *v, size_t len)
+{
+	static const struct { const char *name; enum mime_cte cte; } names[] = {
+		{ "7bit", MIME_CTE_7BIT }, { "8bit", MIME_CTE_8BIT }, { "binary", MIME_CTE_BINARY },
+		{ "base64", MIME_CTE_BASE64 }, { "quoted-printable", MIME_CTE_QP },
+	};
+	if (v == NULL)
+		return MIME_CTE_7BIT;
+	size_t i = 0;
+	mime_skip_cfws(v, len, &i);
+	size_t st = i;
+	while (i < len && (unsigned char)v[i] > 32 && v[i] != 127 && !is_tspecial(v[i]))
+		i++;
+	size_t tl = i - st;
+	if (tl == 0)
+		return MIME_CTE_7BIT;
+	mime_skip_cfws(v, len, &i);
+	if (i < len)    /* "base64 x" is not an encoding we know */
+		return MIME_CTE_UNKNOWN;
+	for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++)
+		if (strlen(names[k].name) == tl && strncasecmp(v + st, names[k].name, tl) == 0)
+			return names[k].cte;
+	return MIME_CTE_UNKNOWN;
+}
+
+enum mime_cte mime_part_cte(const struct mime_message *m, const struct mime_part *p)
+{
+	char *v = mime_header_dup(m, p, "Content-Transfer-Encoding", 0, NULL);
+	enum mime_cte cte = v != NULL ? mime_cte_parse(v, strlen(v)) : MIME_CTE_7BIT;
+	free(v);
+	return cte;
+}
+
+/* Decoded octets go to a buffer, or are only counted (BINARY.SIZE of a big part). */
+struct dsink {
+	struct buf *out;
+	size_t n;
+};
+
+static int dsink_put(struct dsink *s, const char *p, size_t n)
+{
+	if (s->out != NULL && buf_append(s->out, p, n) == -1)
+		return -1;
+	s->n += n;
+	return 0;
+}
+
+/* RFC 2045 §6.8: characters outside the alphabet (line breaks, garbage) are ignored;
+ * "=" ends the data; a final incomplete quantum yields the whole octets it holds. */
+static int decode_base64(const char *in, size_t len, struct dsink *s)
+{
+	char chunk[768];
+	size_t cn = 0;
+	uint32_t acc = 0;
+	int bits = 0;
+	for (size_t i = 0; i < len && in[i] != '='; i++) {
+		int v = b64val(in[i]);
+		if (v < 0)
+			continue;
+		acc = (acc << 6) | (uint32_t)v;
+		if ((bits += 6) < 8)
+			continue;
+		bits -= 8;
+		chunk[cn++] = (char)((acc >> bits) & 0xff);
+		if (cn == sizeof(chunk)) {
+			if (dsink_put(s, chunk, cn) == -1)
+				return -1;
+			cn = 0;
+		}
+	}
+	return dsink_put(s, chunk, cn);
+}
+
+/* One line of quoted-printable, [p, e) without its line break. */
+static int decode_qp_line(const char *in, size_t p, size_t e, struct dsink *s, bool *soft_r)
+{
+	char chunk[256];
+	size_t cn = 0;
+	/* §6.7 rule 3: trailing whitespace was possibly added in transport: drop it */
+	while (e > p && (in[e - 1] == ' ' || in[e - 1] == '\t'))
+		e--;
+	*soft_r = e > p && in[e - 1] == '=';     /* rule 5: soft line break */
+	if (*soft_r)
+		e--;
+	for (size_t i = p; i < e; i++) {
+		int h, l;
+		char c = in[i];
+		if (c == '=' && i + 2 < e && (h = hexval(in[i + 1])) >= 0 &&
+		    (l = hexval(in[i + 2])) >= 0) {
+			c = (char)(h * 16 + l);
+			i += 2;
+		}
+		chunk[cn++] = c;
+		if (cn == sizeof(chunk)) {
+			if (dsink_put(s, chunk, cn) == -1)
+				return -1;
+			cn = 0;
+		}
+	}
+	return dsink_put(s, chunk, cn);
+}
+
+static int decode_qp(const char *in, size_t len, struct dsink *s)
+{
+	size_t p = 0;
+	while (p < len) {
+		size_t le = line_end(in, p, len);   /* past the LF, or len */
+		size_t e = le;
+		if (e > p && in[e - 1] == '\n')
+			e--;
+		if (e > p && in[e - 1] == '\r')
+			e--;
+		bool soft;
+		if (decode_qp_line(in, p, e, s, &soft) == -1)
+			return -1;
+		/* a hard line break is kept as written (CRLF, or a bare LF) */
+		if (!soft && dsink_put(s, in + e, le - e) == -1)
+			return -1;
+		p = le;
+	}
+	return 0;
+}
+
+int mime_decode_cte(enum mime_cte cte, const char *in, size_t len, struct buf *out, size_t *n_r)
+{
+	struct dsink s = { out, 0 };
+	size_t save = out != NULL ? out->len : 0;
+	int r;
+	switch (cte) {
+	case MIME_CTE_7BIT:
+	case MIME_CTE_8BIT:
+	case MIME_CTE_BINARY:
+		r = dsink_put(&s, in, len);
+		break;
+	case MIME_CTE_BASE64:
+		r = decode_base64(in, len, &s);
+		break;
+	case MIME_CTE_QP:
+		r = decode_qp(in, len, &s);
+		break;
+	default:
+		return -2;
+	}
+	if (r == -1) {
+		out->len = save;         /* all or nothing, like the buf_* calls */
+		if (out->data != NULL)
+			out->data[save] = '\0';
+		return -1;
+	}
+	if (n_r != NULL)
+		*n_r = s.n;
+	return 0;
+}
+
+int mime_decode_transfer(const char *cte, const char *in, size_t len, struct buf *out)
+{
+	return mime_decode_cte(mime_cte_parse(cte, cte != NULL ? strlen(cte) : 0), in, len, out, NULL);
 }

@@ -74,6 +74,18 @@ const struct mime_part *mime_part_find(const struct mime_message *m, const unsig
 int mime_header_get(const struct mime_message *m, const struct mime_part *p,
     const char *name, int nth, struct buf *out, bool *folded_r);
 
+/* Iteration over the fields of p's header in order. Set *pos to p->hdr_start first;
+ * each call returns 1 with *f filled (offsets into m->data) and *pos past the field,
+ * or 0 at the end of the header. Lines that are not "name:" are skipped. */
+struct mime_field {
+	size_t start;                /* first octet of the field (its name) */
+	size_t name_len;
+	size_t value, value_end;     /* raw value after ':', folds kept, final EOL excluded */
+	size_t end;                  /* past the field's last line break */
+};
+int mime_field_next(const struct mime_message *m, const struct mime_part *p, size_t *pos,
+    struct mime_field *f);
+
 /* One parameter as written, or after RFC 2231 processing (see mime_params_*). */
 struct mime_param {
 	char *name;                /* owned */
@@ -113,6 +125,34 @@ int mime_decode_words(const char *in, size_t len, struct buf *out);
 /* Appends src (of charset cs) to out as UTF-8; unknown charsets and invalid
  * bytes become U+FFFD. Returns 0 or -1 when out refuses. */
 int mime_charset_to_utf8(const char *cs, const char *src, size_t len, struct buf *out);
+
+/* Content-Transfer-Encoding (RFC 2045 §6), for BINARY (RFC 3516) and SEARCH. */
+enum mime_cte {
+	MIME_CTE_7BIT = 0,         /* also the default when the field is absent (§6.1) */
+	MIME_CTE_8BIT,
+	MIME_CTE_BINARY,
+	MIME_CTE_BASE64,
+	MIME_CTE_QP,               /* quoted-printable */
+	MIME_CTE_UNKNOWN,          /* anything else (x-uuencode, typos, ...) */
+};
+/* The mechanism named by a field value (comments and whitespace allowed around the
+ * token, case-insensitive); NULL or an empty value give MIME_CTE_7BIT. */
+enum mime_cte mime_cte_parse(const char *v, size_t len);
+/* The encoding of part p, from its own header (first Content-Transfer-Encoding). */
+enum mime_cte mime_part_cte(const struct mime_message *m, const struct mime_part *p);
+/* Decodes in[0..len) of encoding cte and appends the octets to out, or, with out NULL,
+ * only counts them into *n_r (which may be NULL otherwise). Decoding is lenient, as
+ * RFC 2045 asks of readers: base64 ignores characters outside the alphabet and line
+ * breaks (§6.8), stops at "=" padding, and drops an incomplete final quantum;
+ * quoted-printable removes soft line breaks and trailing whitespace (§6.7 rules 3, 5),
+ * keeps a "=" not followed by two hex digits as it is (§6.7 note 2; Dovecot answers
+ * NO [PARSE] instead), and keeps line breaks as written. Identity encodings are copied.
+ * Returns 0, -1 when out refuses, -2 for MIME_CTE_UNKNOWN (nothing appended). */
+int mime_decode_cte(enum mime_cte cte, const char *in, size_t len, struct buf *out,
+    size_t *n_r);
+/* The same with the encoding given by its name (a Content-Transfer-Encoding value,
+ * may be NULL): 0, -1 when out refuses, -2 when the encoding is unknown. */
+int mime_decode_transfer(const char *cte, const char *in, size_t len, struct buf *out);
 
 /* mime_imap.c */
 /* IMAP items. Each appends to out and returns 0, or -1 when out refuses. */

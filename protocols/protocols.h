@@ -18,6 +18,10 @@ struct unqueue_job;
 /* ---------------------------------------------------------------- pop3_session.c */
 extern const struct proto_ops pop3_ops;
 
+/* ---------------------------------------------------------------- imap_session.c */
+/* (the IMAP files share protocols/imap.h) */
+extern const struct proto_ops imap_ops;
+
 /* ---------------------------------------------------------------- smtp_session.c */
 
 /* SMTP session states (RFC 5321 §4.1.4 command order), as a mask for the
@@ -76,6 +80,7 @@ struct smtp_session {
 	struct store_req *req;
 	struct queue_req *qreq;
 	struct unqueue_job *ujob;    /* taking a queue entry back before a 451 */
+	struct dkim_job *djob;       /* signing the message on a worker (it holds msg meanwhile) */
 };
 
 extern const struct proto_ops smtp_ops;

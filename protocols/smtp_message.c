@@ -1,9 +1,11 @@
 /* smtp_message.c: message content for the SMTP session: DATA (RFC 5321
  * §4.1.1.4, dot-unstuffing and SMTP-smuggling defence in smtp_parse.c) and BDAT
  * (RFC 3030), the trace header (RFC 5321 §4.4, RFC 3848 protocol names), the
- * Message-ID:/Date: a submission server adds (RFC 6409 §8), then durable
- * delivery: remote recipients into the relay queue, local ones into their
- * Maildirs, both fsync'ed before the 250 (design §6). */
+ * Message-ID:/Date: a submission server adds (RFC 6409 §8), the DKIM
+ * signature of mail that authenticated users send out (RFC 6376, made on a
+ * worker), then durable delivery: remote recipients into the relay queue,
+ * local ones into their Maildirs, both fsync'ed before the 250 (design §6). */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -172,11 +174,25 @@ struct unqueue_job {
 	char *dir, *id;
 };
 
+struct dkim_job {
+	struct smtp_session *s;      /* NULL once the session detached */
+	struct buf msg;              /* the session's message, moved here while the worker signs */
+	struct dkim_signer *signers; /* domain/selector strings owned, one key reference each */
+	size_t nsigners;
+	time_t now;
+	char *fields;                /* worker: the DKIM-Signature fields, or NULL */
+	size_t len;
+	char err[256];               /* worker: why there are none */
+};
+
 void smtp_detach_work(struct smtp_session *s)
 {
 	if (s->ujob != NULL)
 		s->ujob->s = NULL;
 	s->ujob = NULL;
+	if (s->djob != NULL)
+		s->djob->s = NULL;
+	s->djob = NULL;
 }
 
 static void unqueue_work(void *arg)
@@ -301,10 +317,8 @@ static void env_fill(struct smtp_session *s, struct queue_env *env)
 }
 
 /* Remote recipients first (queue entry), then local copies; 250 only after both. */
-static void finish_message(struct smtp_session *s)
+static void store_message(struct smtp_session *s)
 {
-	submission_headers(s);
-	smtp_set_busy(s, true);
 	struct queue_env env;
 	env_fill(s, &env);
 	if (env.nrcpts == 0) {
@@ -316,6 +330,130 @@ static void finish_message(struct smtp_session *s)
 	s->qreq = queue_submit(store_aio(server->store), dir, &env, s->msg.data, s->msg.len, queue_done, s);
 	free(dir);
 	free(env.rcpts);       /* the strings are borrowed; queue_submit copied them */
+}
+
+/* ---------------------------------------------------------------- DKIM */
+
+/* Worker: reads only the job's own copies. */
+static void dkim_work(void *arg)
+{
+	struct dkim_job *j = arg;
+	j->fields = dkim_sign(j->signers, j->nsigners, j->now, j->msg.data, j->msg.len, &j->len, j->err,
+	    sizeof(j->err));
+}
+
+static void dkim_job_free(struct dkim_job *j)
+{
+	for (size_t i = 0; i < j->nsigners; i++) {
+		free((char *)j->signers[i].domain);
+		free((char *)j->signers[i].selector);
+		struct dkim_key *k = (struct dkim_key *)j->signers[i].key;
+		dkim_key_unref(&k);
+	}
+	free(j->signers);
+	free(j->fields);
+	buf_free(&j->msg);
+	free(j);
+}
+
+static void log_dkim(const struct smtp_session *s, const struct dkim_job *j)
+{
+	struct logline *l = log_begin(j->fields != NULL ? LL_DEBUG : LL_WARN,
+	    j->fields != NULL ? "smtp.dkim_signed" : "smtp.dkim_failed");
+	log_str(l, "msgid", s->id);
+	log_str(l, "domain", j->signers[0].domain);
+	log_uint(l, "signatures", j->fields != NULL ? j->nsigners : 0);
+	if (j->fields == NULL)
+		log_str(l, "error", j->err);
+	log_end(l);
+}
+
+/* Reactor: the message comes back to the session with the signatures on top
+ * (RFC 6376 §5.6: prepended, above our Received:). A message that could not
+ * be signed goes out unsigned: DKIM is no reason to refuse mail. */
+static void dkim_done(void *arg, bool cancelled)
+{
+	struct dkim_job *j = arg;
+	struct smtp_session *s = j->s;
+	if (cancelled || s == NULL) {
+		dkim_job_free(j);
+		return;
+	}
+	s->djob = NULL;
+	buf_free(&s->msg);
+	s->msg = j->msg;
+	buf_init(&j->msg, 0);
+	if (j->fields != NULL && insert_at(&s->msg, 0, j->fields) == 0) {
+		s->body_start += j->len;
+	} else if (j->fields != NULL) {  /* past the size limit: no room left for them */
+		free(j->fields);
+		j->fields = NULL;
+		snprintf(j->err, sizeof(j->err), "no room for the signature fields");
+	}
+	log_dkim(s, j);
+	dkim_job_free(j);
+	store_message(s);
+}
+
+/* The keys that sign this message: mail an authenticated user sends to
+ * another domain, From: a domain with keys (the envelope sender's domain
+ * when From: is unusable). Mail relayed for others or delivered only here is
+ * not signed. A job with every matching key, or NULL. */
+static struct dkim_job *dkim_job_new(struct smtp_session *s)
+{
+	const struct config *cfg = server->cfg;
+	char domain[256];
+	if (cfg->ndkim == 0 || s->auth_user == NULL || !has_remote_rcpts(s))
+		return NULL;
+	if (!dkim_from_domain(s->msg.data + s->body_start, s->msg.len - s->body_start, domain,
+	    sizeof(domain))) {
+		const char *at = strrchr(s->mail_from, '@');
+		if (at == NULL || strlen(at + 1) >= sizeof(domain))
+			return NULL;
+		for (size_t i = 0; at[i + 1] != '\0'; i++)
+			domain[i] = (char)tolower((unsigned char)at[i + 1]);
+		domain[strlen(at + 1)] = '\0';
+	}
+	struct dkim_job *j = NULL;
+	for (size_t i = 0; i < cfg->ndkim; i++) {
+		const struct cfg_dkim *d = &cfg->dkim[i];
+		if (strcmp(d->domain, domain) != 0)
+			continue;
+		if (j == NULL) {
+			j = xcalloc(1, sizeof(*j));
+			j->signers = xcalloc(cfg->ndkim, sizeof(*j->signers));
+		}
+		struct dkim_signer *sg = &j->signers[j->nsigners++];
+		sg->domain = xstrdup(d->domain);
+		sg->selector = xstrdup(d->selector);
+		sg->key = dkim_key_ref(d->pkey);
+	}
+	return j;
+}
+
+/* Signing hashes the whole message and makes an RSA signature: a worker's
+ * job, never the reactor's. The job takes the message buffer (the session
+ * may go away meanwhile) and gives it back in dkim_done. */
+static bool dkim_start(struct smtp_session *s)
+{
+	struct dkim_job *j = dkim_job_new(s);
+	if (j == NULL)
+		return false;
+	j->s = s;
+	j->now = time(NULL);
+	j->msg = s->msg;
+	buf_init(&s->msg, j->msg.max);
+	s->djob = j;
+	aio_submit(store_aio(server->store), dkim_work, dkim_done, j);
+	return true;
+}
+
+static void finish_message(struct smtp_session *s)
+{
+	submission_headers(s);
+	smtp_set_busy(s, true);
+	if (!dkim_start(s))
+		store_message(s);
 }
 
 /* ---------------------------------------------------------------- DATA */

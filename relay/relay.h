@@ -393,6 +393,8 @@ struct relay_params {
 	uint64_t retry_initial, retry_max, warn_after, max_queue_time;   /* seconds */
 	int connect_timeout, cmd_timeout, data_timeout, final_timeout;    /* seconds (RFC 5321 §4.5.3.2) */
 	bool hold;                   /* keep everything queued, attempt nothing */
+	int max_active;              /* entries being delivered at once (relay.max_connections), 0: 20 */
+	int max_per_domain;          /* of them towards one domain or the smarthost, 0: 10 */
 	bool tls_require;            /* relay.tls: require: no delivery in clear (4.7.10, deferred) */
 	bool smarthost_implicit;     /* TLS from the first octet (port 465), else STARTTLS */
 	char *smarthost_user;        /* "" or AUTH credentials for the smarthost */
@@ -406,6 +408,13 @@ struct relay *relay_new(struct event_base *base, struct aio *aio, const struct r
 /* A new entry <id> was written by the SMTP server: load it and try it now. */
 void relay_submitted(struct relay *r, const char *id);
 size_t relay_queued(const struct relay *r);
+/* Administration (`postling queue`, through server/control.c). Every entry not
+ * being delivered becomes due now; returns how many were waiting. */
+size_t relay_flush(struct relay *r);
+/* Removes entry id without a DSN / fails its open recipients with a DSN to the
+ * sender (5.0.0). 0, ENOENT, or EBUSY while it is being delivered. */
+int relay_delete(struct relay *r, const char *id);
+int relay_bounce(struct relay *r, const char *id);
 void relay_free(struct relay **r_r);
 
 /* ------------------------------------------------------------------ mta.c */
@@ -618,5 +627,99 @@ struct mta_stuff {
 };
 size_t mta_stuff(struct mta_stuff *st, const char *in, size_t len, char *out);
 size_t mta_stuff_end(struct mta_stuff *st, char *out);
+
+/* ----------------------------------------------------------------- dkim.c */
+
+/* DKIM signing of outbound mail (RFC 6376): relaxed/relaxed canonicalisation
+ * (§3.4.2, §3.4.4), the whole body hashed (no l=), rsa-sha256 (§3.3.1, RSA
+ * keys of DKIM_RSA_MIN_BITS or more) and ed25519-sha256 (RFC 8463). Pure: no
+ * file or network I/O; keys come in and go out as PEM text, and the caller
+ * (server/config.c, server/cli.c) reads and writes the files.
+ *
+ * Line ends: CRLF, and also a bare CR or a bare LF, each count as one line
+ * end, because that is how the relay sends the message (mta_stuff writes bare
+ * CR and LF as CRLF): the signature covers what goes on the wire.
+ *
+ * Threading: a parsed key is immutable; dkim_sign may run on several worker
+ * threads at once with the same key (OpenSSL 3 allows concurrent read-only use
+ * of an EVP_PKEY). The reference count is not atomic: take and drop
+ * references on one thread (the reactor; the CLI has only one). */
+
+enum dkim_alg { DKIM_RSA_SHA256 = 0, DKIM_ED25519_SHA256 };
+#define DKIM_RSA_MIN_BITS 1024           /* RFC 8301 §3.2: verifiers refuse smaller */
+#define DKIM_RSA_DEFAULT_BITS 2048
+#define DKIM_RSA_MAX_BITS 8192           /* larger keys are refused: no receiver needs them */
+#define DKIM_KEY_MAX_PEM (64u * 1024)    /* larger key files are refused unread */
+/* At most this many instances of one header name are signed, the bottom-most
+ * ones (RFC 6376 §5.4.2 counts instances from the bottom); more is abuse. */
+#define DKIM_MAX_INSTANCES 8
+
+struct dkim_key;
+/* A private key from PEM text (PKCS#8 or the traditional RSA form). NULL with
+ * a message in err: not a key, encrypted (no passphrase is asked for), a type
+ * other than RSA and Ed25519, RSA outside DKIM_RSA_MIN_BITS..DKIM_RSA_MAX_BITS.
+ * One reference. */
+struct dkim_key *dkim_key_parse(const char *pem, size_t len, char *err, size_t errlen);
+/* A new key: RSA of `bits` (DKIM_RSA_MIN_BITS..DKIM_RSA_MAX_BITS), or Ed25519 (bits ignored). */
+struct dkim_key *dkim_key_generate(enum dkim_alg alg, int bits, char *err, size_t errlen);
+/* The private key as PKCS#8 PEM (malloc'ed, NUL-terminated), for writing it out. */
+char *dkim_key_pem(const struct dkim_key *k, size_t *len_r);
+enum dkim_alg dkim_key_alg(const struct dkim_key *k);
+int dkim_key_bits(const struct dkim_key *k);
+/* The text of the selector's TXT record (RFC 6376 §3.6.1): "v=DKIM1; k=rsa;
+ * p=<SubjectPublicKeyInfo, base64>", or k=ed25519 with the raw 32-octet
+ * public key (RFC 8463 §4). malloc'ed. */
+char *dkim_dns_txt(const struct dkim_key *k);
+const char *dkim_alg_name(enum dkim_alg a);        /* "rsa-sha256", "ed25519-sha256" (a=) */
+const char *dkim_key_type_name(enum dkim_alg a);   /* "rsa", "ed25519" (k=) */
+struct dkim_key *dkim_key_ref(struct dkim_key *k);
+void dkim_key_unref(struct dkim_key **k_r);
+
+/* Relaxed header canonicalisation (§3.4.2) of one raw header field, folding
+ * line ends included, its final line end not: "name:value\r\n" appended to
+ * out. -1 when out's maximum is reached. */
+struct buf;
+int dkim_canon_header(const char *field, size_t len, struct buf *out);
+
+/* Relaxed body canonicalisation (§3.4.4), resumable: feed the body in any
+ * split, then end; out receives the canonical octets in order. */
+typedef void (*dkim_out_fn)(void *arg, const char *p, size_t n);
+struct dkim_body {
+	dkim_out_fn out;
+	void *arg;
+	uint64_t empty_lines;        /* empty lines held back: trailing ones are dropped */
+	bool line_started;           /* a non-WSP octet was written on this line */
+	bool space;                  /* WSP seen since the last octet written */
+	bool skip_lf;                /* the last octet was a CR: an LF now is its pair */
+};
+void dkim_body_init(struct dkim_body *b, dkim_out_fn out, void *arg);
+void dkim_body_feed(struct dkim_body *b, const char *p, size_t len);
+void dkim_body_end(struct dkim_body *b);
+
+/* One signature to make: d=, s= and the key (all borrowed). */
+struct dkim_signer {
+	const char *domain;
+	const char *selector;
+	const struct dkim_key *key;
+};
+/* Signs msg (header, empty line, body) once per signer, with t=now. The
+ * signed fields: From (required, and oversigned: listed once more than
+ * present, so an added From breaks the signature, §8.15), To, Cc, Subject
+ * (oversigned too), Date, Message-ID, Reply-To, In-Reply-To, References,
+ * MIME-Version, Content-Type, Content-Transfer-Encoding and the List-*
+ * fields of RFC 2369, 2919 and 8058, those present. Returns the
+ * DKIM-Signature fields to put on top of the message, CRLF-terminated and
+ * folded under 78 columns (malloc'ed, length in *len_r), or NULL with a
+ * message in err: no From field, a domain or selector that is not a DNS
+ * name, an OpenSSL failure. Blocking (hashes the whole message). */
+char *dkim_sign(const struct dkim_signer *signers, size_t n, time_t now, const char *msg, size_t len,
+    size_t *len_r, char *err, size_t errlen);
+/* The domain of the first address in the (first) From field, lowercased,
+ * into out; false when there is no From field or its address has no
+ * usable domain (a group, a domain literal, junk). */
+bool dkim_from_domain(const char *msg, size_t len, char *out, size_t outsize);
+/* A DNS name for d= and s=: labels of letters, digits, '-' and '_', dots
+ * between them, at most 253 octets. */
+bool dkim_name_valid(const char *s);
 
 #endif

@@ -32,7 +32,8 @@
 #include "store/store.h"
 
 #define RELAY_TICK_SECONDS 5
-#define RELAY_MAX_ACTIVE 20          /* entries being delivered at once */
+#define RELAY_MAX_ACTIVE_DEFAULT 20  /* entries being delivered at once */
+#define RELAY_MAX_PER_DOMAIN_DEFAULT 10
 
 struct rentry;
 
@@ -55,6 +56,7 @@ struct rentry {
 	struct relay *r;
 	struct queue_env env;
 	bool busy;
+	bool held;                   /* its domains count against the per-domain limit */
 	bool dead;                   /* removed from disk: freed when not busy */
 	char **domains;              /* domains still to try in this round */
 	size_t ndomains, domain_next;
@@ -72,10 +74,21 @@ struct relay {
 	struct rentry *head;
 	size_t nentries;
 	size_t active;
+	struct domcount *domcounts;  /* rounds in progress per destination domain */
+};
+
+/* Rounds in progress towards one domain (relay.max_connections_per_domain). A
+ * round holds every domain it will visit from its start to its end: a slight
+ * over-count for multi-domain entries, never an excess connection. */
+struct domcount {
+	struct domcount *next;
+	char *domain;
+	size_t n;
 };
 
 static void schedule(struct relay *r);
 static void next_domain(struct rentry *e);
+static void domains_hold(struct relay *r, struct rentry *e, bool hold);
 
 /* ---------------------------------------------------------------- logging */
 
@@ -458,6 +471,7 @@ static void round_done(struct rentry *e)
 	e->env.next_attempt = now + backoff(r, e->env.attempts);
 	e->busy = false;
 	r->active--;
+	domains_hold(r, e, false);
 	if (!removed_by_dsn)
 		save(e, !open);
 	if (!open) {
@@ -701,7 +715,8 @@ static void next_domain(struct rentry *e)
 		a->dreq = dns_resolve_mx(e->r->dns, a->domain, mx_done, a);
 }
 
-static void start_round(struct rentry *e)
+/* The distinct domains of e's open recipients into e->domains. */
+static void collect_domains(struct rentry *e)
 {
 	xfree_strv(&e->domains);
 	e->domains = xcalloc(e->env.nrcpts + 1, sizeof(char *));
@@ -716,6 +731,64 @@ static void start_round(struct rentry *e)
 		if (!seen)
 			e->domains[e->ndomains++] = xstrdup(d);
 	}
+}
+
+static struct domcount *domcount_get(struct relay *r, const char *domain, bool create)
+{
+	for (struct domcount *d = r->domcounts; d != NULL; d = d->next)
+		if (strcasecmp(d->domain, domain) == 0)
+			return d;
+	if (!create)
+		return NULL;
+	struct domcount *d = xcalloc(1, sizeof(*d));
+	d->domain = xstrdup(domain);
+	d->next = r->domcounts;
+	r->domcounts = d;
+	return d;
+}
+
+/* With a smarthost every round goes to one host: the domain limit is its limit. */
+static const char *limit_key(const struct relay *r, const char *domain)
+{
+	return r->p.smarthost[0] != '\0' ? r->p.smarthost : domain;
+}
+
+static bool domains_fit(struct relay *r, const struct rentry *e)
+{
+	for (size_t i = 0; i < e->ndomains; i++) {
+		const struct domcount *d = domcount_get(r, limit_key(r, e->domains[i]), false);
+		if (d != NULL && d->n >= (size_t)r->p.max_per_domain)
+			return false;
+	}
+	return true;
+}
+
+static void domains_hold(struct relay *r, struct rentry *e, bool hold)
+{
+	if (e->held == hold)
+		return;
+	e->held = hold;
+	for (size_t i = 0; i < e->ndomains; i++) {
+		const char *key = limit_key(r, e->domains[i]);
+		struct domcount *d = domcount_get(r, key, hold);
+		if (hold) {
+			d->n++;
+		} else if (d != NULL && --d->n == 0) {
+			for (struct domcount **pp = &r->domcounts; *pp != NULL; pp = &(*pp)->next) {
+				if (*pp == d) {
+					*pp = d->next;
+					break;
+				}
+			}
+			free(d->domain);
+			free(d);
+		}
+	}
+}
+
+static void start_round(struct rentry *e)
+{
+	domains_hold(e->r, e, true);
 	e->busy = true;
 	e->r->active++;
 	next_domain(e);
@@ -728,10 +801,13 @@ static void schedule(struct relay *r)
 	if (r->p.hold)
 		return;
 	time_t now = time(NULL);
-	for (struct rentry *e = r->head, *next; e != NULL && r->active < RELAY_MAX_ACTIVE; e = next) {
+	for (struct rentry *e = r->head, *next; e != NULL && r->active < (size_t)r->p.max_active; e = next) {
 		next = e->next;
-		if (!e->busy && e->env.next_attempt <= now)
-			start_round(e);
+		if (e->busy || e->env.next_attempt > now)
+			continue;
+		collect_domains(e);
+		if (domains_fit(r, e))
+			start_round(e);  /* else it waits for a round towards its domain to end */
 	}
 }
 
@@ -740,6 +816,70 @@ static void tick(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	schedule(arg);
+}
+
+/* ---------------------------------------------------------------- administration */
+
+static struct rentry *entry_find(struct relay *r, const char *id)
+{
+	for (struct rentry *e = r->head; e != NULL; e = e->next)
+		if (strcmp(e->env.id, id) == 0)
+			return e;
+	return NULL;
+}
+
+size_t relay_flush(struct relay *r)
+{
+	size_t n = 0;
+	time_t now = time(NULL);
+	for (struct rentry *e = r->head; e != NULL; e = e->next) {
+		if (!e->busy && e->env.next_attempt > now) {
+			e->env.next_attempt = now;
+			n++;
+		}
+	}
+	log_msg(LL_INFO, "relay.flush", "%zu entries made due", n);
+	event_active(r->kick, EV_TIMEOUT, 0);
+	return n;
+}
+
+int relay_delete(struct relay *r, const char *id)
+{
+	struct rentry *e = entry_find(r, id);
+	if (e == NULL)
+		return ENOENT;
+	if (e->busy)
+		return EBUSY;            /* its recipients may be half delivered: wait */
+	struct logline *l = log_begin(LL_WARN, "relay.deleted");
+	log_str(l, "msgid", e->env.id);
+	log_str(l, "from", e->env.sender);
+	log_end(l);
+	save(e, true);
+	entry_unlink(e);
+	entry_free(e);
+	return 0;
+}
+
+int relay_bounce(struct relay *r, const char *id)
+{
+	struct rentry *e = entry_find(r, id);
+	if (e == NULL)
+		return ENOENT;
+	if (e->busy)
+		return EBUSY;
+	for (size_t i = 0; i < e->env.nrcpts; i++) {
+		struct queue_rcpt *q = &e->env.rcpts[i];
+		if (!rcpt_open(q))
+			continue;
+		set_rcpt(q, Q_FAILED, "5.0.0 delivery cancelled by the postmaster (postling queue bounce)",
+		    q->remote_mta);
+		log_rcpt(e, q, "relay.bounced", q->remote_mta, NULL, false);
+	}
+	/* the end of a round sends the failure DSN and removes the entry */
+	e->busy = true;
+	r->active++;
+	round_done(e);
+	return 0;
 }
 
 /* ---------------------------------------------------------------- API */
@@ -751,6 +891,10 @@ static void params_copy(struct relay_params *dst, const struct relay_params *src
 	dst->data_dir = xstrdup(src->data_dir);
 	dst->hostname = xstrdup(src->hostname);
 	dst->smarthost = xstrdup(src->smarthost ? src->smarthost : "");
+	if (dst->max_active <= 0)
+		dst->max_active = RELAY_MAX_ACTIVE_DEFAULT;
+	if (dst->max_per_domain <= 0)
+		dst->max_per_domain = RELAY_MAX_PER_DOMAIN_DEFAULT;
 	dst->smarthost_user = xstrdup(src->smarthost_user ? src->smarthost_user : "");
 	dst->smarthost_password = xstrdup(src->smarthost_password ? src->smarthost_password : "");
 }
@@ -819,6 +963,12 @@ void relay_free(struct relay **r_r)
 		attempt_free(&e->cur);
 		entry_unlink(e);
 		entry_free(e);
+	}
+	while (r->domcounts != NULL) {
+		struct domcount *d = r->domcounts;
+		r->domcounts = d->next;
+		free(d->domain);
+		free(d);
 	}
 	dns_free(&r->dns);
 	SSL_CTX_free(r->tls);

@@ -27,6 +27,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xmalloc.h"
+#include "relay/relay.h"
 
 #define CFG_MAX_FILE   (16u * 1024 * 1024)   /* config and users files */
 
@@ -468,9 +469,6 @@ static int key_proto(struct ctx *c, yaml_node_t *v, void *base, const struct key
 	for (int p = 0; p < PROTO__COUNT; p++) {
 		if (strcasecmp(scalar(v), proto_names[p]) != 0)
 			continue;
-		if (p == PROTO_IMAP || p == PROTO_IMAPS)
-			return fail(c, v, "protocol '%s' is not available in this version of Postling yet "
-			    "(available: smtp, submission, submissions, pop3, pop3s)", proto_names[p]);
 		*(enum cfg_proto *)field(base, k->off) = (enum cfg_proto)p;
 		return 0;
 	}
@@ -674,6 +672,66 @@ static int check_users_file(struct ctx *c, yaml_node_t *v, char **s_r)
 	return check_readable(c, v, *s_r, "users");
 }
 
+/* A DKIM selector (RFC 6376 §3.1): a DNS label sequence under _domainkey. */
+static int check_selector(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	setcase(*s_r, tolower);
+	return dkim_name_valid(*s_r) ? 0 : fail(c, v, "'%.60s' is not a DKIM selector (letters, digits, "
+	    "'-', '_' and dots)", *s_r);
+}
+
+/* The key file of a `dkim:` entry: a regular file that no other user may read
+ * or write (whoever has the key can sign as the domain), at most
+ * DKIM_KEY_MAX_PEM octets, holding an RSA (>= 1024 bits) or Ed25519 key. The
+ * checks run on the open descriptor, so they apply to the file that is read. */
+static int dkim_post(struct ctx *c, yaml_node_t *n, void *elem)
+{
+	struct cfg_dkim *d = elem;
+	yaml_node_t *kn = map_get(c, n, "key");
+	struct stat st;
+	int fd = open(d->key, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd == -1)
+		return fail(c, kn, "cannot read DKIM key file '%.200s': %s", d->key, strerror(errno));
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size > (off_t)DKIM_KEY_MAX_PEM) {
+		close(fd);
+		return fail(c, kn, "DKIM key file '%.200s': not a regular file of at most %u octets", d->key,
+		    DKIM_KEY_MAX_PEM);
+	}
+	if (st.st_mode & (S_IRWXO | S_IWGRP | S_IXGRP)) {
+		close(fd);
+		return fail(c, kn, "DKIM key file '%.200s' is accessible by other users (mode %04o): "
+		    "chmod 600 it", d->key, (unsigned)(st.st_mode & 07777));
+	}
+	char *pem = xmalloc((size_t)st.st_size + 1);
+	size_t len = 0;
+	ssize_t r = 0;
+	while (len < (size_t)st.st_size && (r = read(fd, pem + len, (size_t)st.st_size - len)) > 0)
+		len += (size_t)r;
+	int saved = errno;
+	close(fd);
+	char why[256];
+	if (r == -1) {
+		free(pem);
+		return fail(c, kn, "cannot read DKIM key file '%.200s': %s", d->key, strerror(saved));
+	}
+	d->pkey = dkim_key_parse(pem, len, why, sizeof(why));
+	explicit_bzero(pem, len);
+	free(pem);
+	return d->pkey != NULL ? 0 : fail(c, kn, "DKIM key file '%.200s': %s", d->key, why);
+}
+
+/* One key per (domain, selector): two would publish two records at one name. */
+static int dkim_done(struct ctx *c, yaml_node_t *seq, void *arr, size_t n)
+{
+	struct cfg_dkim *d = arr;
+	for (size_t i = 0; i < n; i++)
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(d[i].domain, d[j].domain) == 0 && strcmp(d[i].selector, d[j].selector) == 0)
+				return fail(c, seq_item(c, seq, i), "duplicate DKIM selector '%.60s' for domain "
+				    "'%.60s'", d[i].selector, d[i].domain);
+	return 0;
+}
+
 /* ------------------------------------------------------------------ key tables */
 
 static char **strv_dup(const char *const *src, size_t *n_r)
@@ -726,6 +784,15 @@ static const struct key cert_keys[] = {
 };
 static const struct objlist cert_list = { sizeof(struct cfg_cert), cert_keys, NULL, NULL };
 
+#define DOFF(f) offsetof(struct cfg_dkim, f)
+static const struct key dkim_keys[] = {
+	K("domain", key_str, DOFF(domain), .check = check_domain, .flags = KF_REQUIRED),
+	K("selector", key_str, DOFF(selector), .check = check_selector, .flags = KF_REQUIRED),
+	K("key", key_str, DOFF(key), .check = check_nonempty, .flags = KF_REQUIRED),
+	{ .name = NULL },
+};
+static const struct objlist dkim_list = { sizeof(struct cfg_dkim), dkim_keys, dkim_post, dkim_done };
+
 #define UOFF(f) offsetof(struct cfg_user, f)
 static const struct key user_keys[] = {
 	K("address", key_str, UOFF(address), .check = check_address, .flags = KF_REQUIRED),
@@ -776,6 +843,14 @@ static const struct key pop3_keys[] = {
 	K("expire", key_str, OFF(pop3.expire), .check = check_expire),
 	{ .name = NULL },
 };
+static const struct key imap_keys[] = {
+	K("timeout", key_dur_int, OFF(imap.timeout), .min = 60, .max = DAYS(1)),
+	K("login_timeout", key_dur_int, OFF(imap.login_timeout), .min = 5, .max = 3600),
+	K("max_sessions_per_user", key_int, OFF(imap.max_sessions_per_user), .min = 1, .max = 1000),
+	K("max_append_size", key_size, OFF(imap.max_append_size)),
+	K("max_errors", key_int, OFF(imap.max_errors), .min = 1, .max = 1000),
+	{ .name = NULL },
+};
 static const struct key smtp_keys[] = {
 	K("max_message_size", key_size, OFF(smtp.max_message_size)),
 	K("max_recipients", key_int, OFF(smtp.max_recipients), .min = 1, .max = 100000),
@@ -804,6 +879,8 @@ static const struct key relay_keys[] = {
 	K("command_timeout", key_dur_int, OFF(relay.command_timeout), .min = 1, .max = 3600),
 	K("data_timeout", key_dur_int, OFF(relay.data_timeout), .min = 1, .max = 3600),
 	K("final_timeout", key_dur_int, OFF(relay.final_timeout), .min = 1, .max = 3600),
+	K("max_connections", key_int, OFF(relay.max_connections), .min = 1, .max = 10000),
+	K("max_connections_per_domain", key_int, OFF(relay.max_connections_per_domain), .min = 1, .max = 10000),
 	K("tls", key_str, OFF(relay.tls), .check = check_relay_tls),
 	K("smarthost_tls", key_str, OFF(relay.smarthost_tls), .check = check_smarthost_tls),
 	K("smarthost_user", key_str, OFF(relay.smarthost_user)),
@@ -818,10 +895,12 @@ static const struct key root_keys[] = {
 	K("domains", key_strlist, OFF(domains), .noff = OFF(ndomains), .check = check_domain),
 	K("auth", key_map, 0, .sub = auth_keys),
 	K("pop3", key_map, 0, .sub = pop3_keys),
+	K("imap", key_map, 0, .sub = imap_keys),
 	K("smtp", key_map, 0, .sub = smtp_keys),
 	K("users_file", key_str, OFF(users_file), .check = check_users_file),
 	K("users", key_objs, OFF(users), .noff = OFF(nusers), .list = &user_list),
 	K("relay", key_map, 0, .sub = relay_keys),
+	K("dkim", key_objs, OFF(dkim), .noff = OFF(ndkim), .list = &dkim_list),
 	{ .name = NULL },
 };
 
@@ -1107,11 +1186,14 @@ static const char defaults_yaml[] =
 	"auth: { mechanisms: [PLAIN, LOGIN, SCRAM-SHA-256, SCRAM-SHA-1, CRAM-MD5], max_failures: 10,\n"
 	"  fail_window: 15m, loopback_is_local: true }\n"
 	"pop3: { timeout: 10m, expire: NEVER }\n"
+	"imap: { timeout: 30m, login_timeout: 60s, max_sessions_per_user: 8, max_append_size: 0,\n"
+	"  max_errors: 20 }\n"
 	"smtp: { max_message_size: 50M, max_recipients: 100, max_errors: 10, timeout: 5m,\n"
 	"  data_timeout: 3m, greeting_delay_ms: 0, vrfy: false }\n"
 	"relay: { dns: { port: 53 }, port: 25, retry_initial: 5m, retry_max: 1h, warn_after: 4h,\n"
 	"  max_queue_time: 5d, connect_timeout: 30s, command_timeout: 5m, data_timeout: 3m,\n"
-	"  final_timeout: 10m, tls: opportunistic, smarthost_tls: starttls }\n";
+	"  final_timeout: 10m, tls: opportunistic, smarthost_tls: starttls, max_connections: 20,\n"
+	"  max_connections_per_domain: 10 }\n";
 
 static void cfg_defaults(struct config *cfg, const char *path)
 {
@@ -1156,6 +1238,8 @@ void cfg_free(struct config **cfg_r)
 {
 	if (*cfg_r == NULL)
 		return;
+	for (size_t i = 0; i < (*cfg_r)->ndkim; i++)
+		dkim_key_unref(&(*cfg_r)->dkim[i].pkey);
 	walk_free(root_keys, *cfg_r);
 	free((*cfg_r)->path);
 	free(*cfg_r);
@@ -1220,8 +1304,8 @@ const char cfg_demo_yaml[] =
 	"  - { protocol: smtp, address: 127.0.0.1, port: 2525 }\n"
 	"  - { protocol: submission, address: 127.0.0.1, port: 2587 }\n"
 	"  - { protocol: submissions, address: 127.0.0.1, port: 2465 }\n"
-	"  # - { protocol: imap, address: 127.0.0.1, port: 2143 }\n"
-	"  # - { protocol: imaps, address: 127.0.0.1, port: 2993 }\n"
+	"  - { protocol: imap, address: 127.0.0.1, port: 2143 }\n"
+	"  - { protocol: imaps, address: 127.0.0.1, port: 2993 }\n"
 	"domains: [example.org]\n"
 	"auth:\n"
 	"  allow_plaintext: false           # loopback may log in without TLS anyway\n"

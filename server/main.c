@@ -16,6 +16,8 @@ static const struct subcommand {
 	{ "user", cli_user, "add, delete or list accounts in the users file" },
 	{ "deliver", cli_deliver, "deliver a message from standard input to a local mailbox" },
 	{ "queue", cli_queue, "list or show the relay queue" },
+	{ "dns-records", cli_dns_records, "print the DNS records to publish (MX, SPF, DMARC, DKIM)" },
+	{ "dkim-keygen", cli_dkim_keygen, "create a DKIM signing key and print its DNS record" },
 };
 
 static void usage(FILE *f)

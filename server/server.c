@@ -133,6 +133,9 @@ const struct proto_ops *server_proto_ops(enum cfg_proto p)
 	case PROTO_POP3:
 	case PROTO_POP3S:
 		return &pop3_ops;
+	case PROTO_IMAP:
+	case PROTO_IMAPS:
+		return &imap_ops;
 	case PROTO_SMTP:
 	case PROTO_SUBMISSION:
 	case PROTO_SUBMISSIONS:
@@ -290,6 +293,8 @@ static void relay_start(const struct config *cfg)
 		.max_queue_time = cfg->relay.max_queue_time, .hold = cfg->relay.hold,
 		.connect_timeout = cfg->relay.connect_timeout, .cmd_timeout = cfg->relay.command_timeout,
 		.data_timeout = cfg->relay.data_timeout, .final_timeout = cfg->relay.final_timeout,
+		.max_active = cfg->relay.max_connections,
+		.max_per_domain = cfg->relay.max_connections_per_domain,
 		.tls_require = strcmp(cfg->relay.tls, "require") == 0,
 		.smarthost_implicit = strcmp(cfg->relay.smarthost_tls, "implicit") == 0,
 		.smarthost_user = cfg->relay.smarthost_user, .smarthost_password = cfg->relay.smarthost_password,
@@ -334,6 +339,7 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 	}
 	server->store = store_new(server->base, cfg->server.data_dir, cfg->server.hostname, 3);
 	relay_start(cfg);
+	server->control = control_open(cfg->server.data_dir);
 	return 0;
 }
 
@@ -341,6 +347,7 @@ static void server_cleanup(struct run_state *rs)
 {
 	conn_free_all(server);
 	listener_close_all(server);
+	control_close(&server->control);
 	relay_free(&server->relay);
 	store_free(&server->store);
 	struct event *evs[] = { rs->sigterm, rs->sigint, rs->sighup, rs->drain_timer };

@@ -16,6 +16,7 @@ struct auth;
 struct auth_sasl;
 struct logline;
 struct relay;
+struct dkim_key;
 struct yaml_document_s;          /* libyaml's, for config.c and config_override.c */
 struct buf;                      /* common/buf.h, for cfg_read_file */
 struct yaml_node_s;
@@ -51,6 +52,15 @@ struct cfg_user {
 	char **aliases;              /* NULL-terminated, lowercased */
 	size_t naliases;
 	uint64_t quota;              /* bytes, 0 = unlimited */
+};
+
+/* `dkim:` entries: sign mail From domain with the key (RFC 6376); the key
+ * file is read and checked at load (server/config.c), the key kept here. */
+struct cfg_dkim {
+	char *domain;                /* d=, lowercased */
+	char *selector;              /* s= */
+	char *key;                   /* PEM file: RSA >= 1024 bits or Ed25519, not group/world accessible */
+	struct dkim_key *pkey;       /* the parsed key, one reference (relay/relay.h dkim.c) */
 };
 
 struct config {
@@ -92,6 +102,13 @@ struct config {
 		char *expire;            /* CAPA EXPIRE value: "NEVER" (default) or days as text */
 	} pop3;
 	struct {
+		int timeout;             /* seconds, autologout once logged in, default 30m (RFC 9051 §5.4) */
+		int login_timeout;       /* seconds before authentication, default 60 */
+		int max_sessions_per_user;   /* default 8; beyond: NO [LIMIT] to LOGIN/AUTHENTICATE */
+		uint64_t max_append_size;    /* APPENDLIMIT (RFC 7889); 0 = smtp.max_message_size */
+		int max_errors;          /* bad commands per session, then BYE; default 20 */
+	} imap;
+	struct {
 		uint64_t max_message_size;   /* bytes, SIZE (RFC 1870); default 50M */
 		int max_recipients;      /* per message, default 100 (452 4.5.3 beyond) */
 		int max_errors;          /* bad commands per session, then 421; default 10 */
@@ -100,6 +117,8 @@ struct config {
 		int greeting_delay_ms;   /* pause before the 220; input before it is an early talker; default 0 */
 		bool vrfy;               /* answer VRFY for real; default false: 252 */
 	} smtp;
+	struct cfg_dkim *dkim;       /* keys to sign outbound mail with; several per domain sign twice */
+	size_t ndkim;
 	char *users_file;            /* "" = none */
 	struct cfg_user *users;      /* from `users:` (not from users_file) */
 	size_t nusers;
@@ -113,6 +132,8 @@ struct config {
 		bool hold;               /* true: keep queued mail, attempt no delivery (maintenance, tests) */
 		int connect_timeout, command_timeout, data_timeout, final_timeout;   /* seconds,
 		                          * defaults 30s, 5m, 3m, 10m (RFC 5321 §4.5.3.2) */
+		int max_connections;     /* outbound SMTP connections at once, default 20 */
+		int max_connections_per_domain;  /* towards one destination domain, default 10 */
 		char *tls;               /* "opportunistic" (default) or "require": STARTTLS or defer */
 		char *smarthost_tls;     /* "starttls" (default) or "implicit" (port 465 style) */
 		char *smarthost_user;    /* "" = no AUTH; else AUTH PLAIN/LOGIN, only under TLS */
@@ -417,6 +438,17 @@ void session_unlock_user(const char *proto, const char *user);
 /* log auth.ok / auth.fail and update the throttle */
 void session_log_auth(struct conn *c, bool ok, const char *mech, const char *user);
 
+/* ---------------------------------------------------------------- control.c */
+
+/* The administration socket of a running server (postling queue flush|delete|bounce). */
+struct control;
+char *control_path(const char *data_dir);                 /* malloc'ed */
+struct control *control_open(const char *data_dir);       /* NULL (logged) when unavailable */
+void control_close(struct control **c_r);
+/* CLI side: send one request line, read the reply line. 0, or -1 with errno
+ * (ENOENT/ECONNREFUSED: no server is running on that data_dir). */
+int control_request(const char *data_dir, const char *request, char *reply, size_t replylen);
+
 /* ---------------------------------------------------------------- cli.c */
 
 /* The subcommands of the postling binary; argv[0] is the subcommand name;
@@ -427,6 +459,8 @@ int cli_passwd(int argc, char **argv);
 int cli_user(int argc, char **argv);
 int cli_deliver(int argc, char **argv);
 int cli_queue(int argc, char **argv);
+int cli_dns_records(int argc, char **argv);
+int cli_dkim_keygen(int argc, char **argv);
 
 /* ---------------------------------------------------------------- server.c */
 
@@ -441,6 +475,7 @@ struct server {
 	struct throttle *throttle;
 	struct store *store;
 	struct relay *relay;         /* outbound queue; NULL when it could not start */
+	struct control *control;     /* <data_dir>/control.sock; NULL when unavailable */
 	struct tls *tls;             /* current certificates; connections keep refs */
 	struct listener **listeners;
 	size_t nlisteners;

@@ -1,8 +1,15 @@
 /* index.c: the per-folder postling.index (design §5).
  *
- * Text, one record per line, every field validated on read:
- *   POSTLING-INDEX 1 <uidvalidity> <uidnext> <highestmodseq>
- *   <uid> <modseq> <flags|-> <size> <internal_date> <n|c> <base>
+ * Text, one record per line, every field validated on read (version 2):
+ *   POSTLING-INDEX 2 <uidvalidity> <uidnext> <highestmodseq> <nkeywords>
+ *   K <keyword>                        (nkeywords lines: bit 0, 1, ...)
+ *   <uid> <modseq> <flags|-> <keywords> <size> <internal_date> <n|c> <base>
+ * <keywords> is the decimal bit mask of the message's keywords, no bit at or
+ * past nkeywords. Keyword names are IMAP atoms (RFC 9051 §9 flag-keyword),
+ * which hold no space, '%' or control byte, so they need no escaping; names
+ * are unique regardless of case (IMAP compares flags case-insensitively).
+ * Version 1 files (no nkeywords, no K lines, no <keywords> field) are still
+ * read, as having no keywords; the next write makes them version 2.
  * The base name is %XX-escaped ('%', space, control bytes, non-ASCII;
  * common/record.h), so no byte of a file name, which anyone with access to
  * the Maildir may choose, can split or forge a record. The file is only ever
@@ -29,7 +36,8 @@
 
 #define INDEX_NAME "postling.index"
 #define INDEX_MAGIC "POSTLING-INDEX"
-#define INDEX_VERSION 1
+#define INDEX_VERSION 2
+#define INDEX_VERSION_MIN 1
 #define INDEX_MAX_BYTES (1024ULL * 1024 * 1024)
 #define MODSEQ_MAX ((uint64_t)INT64_MAX)     /* RFC 7162 §7: mod-sequence is 63-bit */
 #define SIZE_MAX_OCTETS ((uint64_t)INT64_MAX)
@@ -96,46 +104,74 @@ static char *base_unescape(const char *f, size_t len)
 
 /* ------------------------------------------------------------ read */
 
-static bool parse_header(const char *p, const char *end, struct store_index *ix)
+/* *nkw_r: the number of K lines that follow (0 for version 1). */
+static bool parse_header(const char *p, const char *end, struct store_index *ix, unsigned *ver_r,
+    size_t *nkw_r)
 {
 	struct record_fields fs;
-	uint64_t ver, v, next, hms;
+	uint64_t ver, v, next, hms, nkw = 0;
 
-	if (!record_split(p, (size_t)(end - p), &fs) || fs.n != 5 ||
-	    !record_field_is(fs.p[0], fs.len[0], INDEX_MAGIC))
+	if (!record_split(p, (size_t)(end - p), &fs) || fs.n < 2 ||
+	    !record_field_is(fs.p[0], fs.len[0], INDEX_MAGIC) ||
+	    !FIELD_NUM(&fs, 1, INDEX_VERSION_MIN, INDEX_VERSION, &ver) || fs.n != (ver == 1 ? 5 : 6))
 		return false;
-	if (!FIELD_NUM(&fs, 1, INDEX_VERSION, INDEX_VERSION, &ver) || !FIELD_NUM(&fs, 2, 1, UINT32_MAX, &v) ||
-	    !FIELD_NUM(&fs, 3, 1, UINT32_MAX, &next) || !FIELD_NUM(&fs, 4, 0, MODSEQ_MAX, &hms))
+	if (!FIELD_NUM(&fs, 2, 1, UINT32_MAX, &v) || !FIELD_NUM(&fs, 3, 1, UINT32_MAX, &next) ||
+	    !FIELD_NUM(&fs, 4, 0, MODSEQ_MAX, &hms) ||
+	    (ver >= 2 && !FIELD_NUM(&fs, 5, 0, STORE_MAX_KEYWORDS, &nkw)))
 		return false;
 	ix->uidvalidity = (uint32_t)v;
 	ix->uidnext = (uint32_t)next;
 	ix->highestmodseq = hms;
+	*ver_r = (unsigned)ver;
+	*nkw_r = (size_t)nkw;
+	return true;
+}
+
+/* "K <keyword>": the next bit's name, valid and not yet taken. */
+static bool parse_keyword(const char *p, const char *end, struct store_index *ix)
+{
+	struct record_fields fs;
+
+	if (!record_split(p, (size_t)(end - p), &fs) || fs.n != 2 || !record_field_is(fs.p[0], fs.len[0], "K") ||
+	    fs.len[1] > STORE_MAX_KEYWORD_LEN)
+		return false;
+	char *kw = xstrndup(fs.p[1], fs.len[1]);
+	if (!index_keyword_valid(kw) || index_keyword_find(ix, kw) != -1) {
+		free(kw);
+		return false;
+	}
+	ix->keywords[ix->nkeywords++] = kw;
 	return true;
 }
 
 /* One record; uids must rise strictly and stay below uidnext, modseqs must
  * not pass highestmodseq: otherwise IMAP clients would see UIDs reused. */
-static bool parse_record(const char *p, const char *end, const struct store_index *ix, struct store_msg *m)
+static bool parse_record(const char *p, const char *end, const struct store_index *ix, unsigned ver,
+    struct store_msg *m)
 {
 	struct record_fields fs;
-	uint64_t uid, modseq, size, date;
+	uint64_t uid, modseq, size, date, kw = 0;
 	uint64_t prev = ix->count > 0 ? ix->msgs[ix->count - 1].uid : 0;
+	uint64_t kwmax = ix->nkeywords == 64 ? UINT64_MAX : (1ULL << ix->nkeywords) - 1;
+	size_t f = ver >= 2 ? 1 : 0;     /* fields after <flags> shift by the keywords field */
 
-	if (!record_split(p, (size_t)(end - p), &fs) || fs.n != 7)
+	if (!record_split(p, (size_t)(end - p), &fs) || fs.n != 7 + f)
 		return false;
 	if (!FIELD_NUM(&fs, 0, prev + 1, (uint64_t)ix->uidnext - 1, &uid) ||
 	    !FIELD_NUM(&fs, 1, 1, ix->highestmodseq, &modseq) || !flags_parse(fs.p[2], fs.len[2], &m->flags) ||
-	    !FIELD_NUM(&fs, 3, 0, SIZE_MAX_OCTETS, &size) || !FIELD_NUM(&fs, 4, 0, DATE_MAX, &date))
+	    (f == 1 && !FIELD_NUM(&fs, 3, 0, kwmax, &kw)) ||
+	    !FIELD_NUM(&fs, 3 + f, 0, SIZE_MAX_OCTETS, &size) || !FIELD_NUM(&fs, 4 + f, 0, DATE_MAX, &date))
 		return false;
-	if (fs.len[5] != 1 || (fs.p[5][0] != 'n' && fs.p[5][0] != 'c'))
+	if (fs.len[5 + f] != 1 || (fs.p[5 + f][0] != 'n' && fs.p[5 + f][0] != 'c'))
 		return false;
-	if ((m->base = base_unescape(fs.p[6], fs.len[6])) == NULL)
+	if ((m->base = base_unescape(fs.p[6 + f], fs.len[6 + f])) == NULL)
 		return false;
 	m->uid = (uint32_t)uid;
 	m->modseq = modseq;
+	m->keywords = kw;
 	m->size = size;
 	m->internal_date = (time_t)date;
-	m->in_new = fs.p[5][0] == 'n';
+	m->in_new = fs.p[5 + f][0] == 'n';
 	return true;
 }
 
@@ -203,16 +239,22 @@ static int parse_index(const char *data, size_t len, struct store_index *ix)
 {
 	const char *end = data + len;
 	const char *nl = memchr(data, '\n', len);
+	const char *p;
+	unsigned ver;
+	size_t nkw;
 
-	if (nl == NULL || !parse_header(data, nl, ix))
+	if (nl == NULL || !parse_header(data, nl, ix, &ver, &nkw))
 		return corrupt(ix, false);
-	size_t nrec = count_lines(data, len) - 1;
+	/* a line without its newline is a torn write: corrupt */
+	for (p = nl + 1; ix->nkeywords < nkw; p = nl + 1)
+		if (p >= end || (nl = memchr(p, '\n', (size_t)(end - p))) == NULL || !parse_keyword(p, nl, ix))
+			return corrupt(ix, true);
+	size_t nrec = count_lines(p, (size_t)(end - p));
 	if (nrec > 0)
 		ix->msgs = xreallocarray(NULL, nrec, sizeof(*ix->msgs));
-	for (const char *p = nl + 1; p < end; p = nl + 1) {
-		/* a record without its newline is a torn write: corrupt */
+	for (; p < end; p = nl + 1) {
 		nl = memchr(p, '\n', (size_t)(end - p));
-		if (nl == NULL || !parse_record(p, nl, ix, &ix->msgs[ix->count]))
+		if (nl == NULL || !parse_record(p, nl, ix, ver, &ix->msgs[ix->count]))
 			return corrupt(ix, true);
 		ix->count++;
 	}
@@ -246,14 +288,16 @@ static int write_records(int fd, const void *arg)
 	int rc = 0;
 
 	buf_init(&b, SIZE_MAX / 2);
-	buf_printf(&b, "%s %d %u %u %llu\n", INDEX_MAGIC, INDEX_VERSION, ix->uidvalidity, ix->uidnext,
-	    (unsigned long long)ix->highestmodseq);
+	buf_printf(&b, "%s %d %u %u %llu %zu\n", INDEX_MAGIC, INDEX_VERSION, ix->uidvalidity, ix->uidnext,
+	    (unsigned long long)ix->highestmodseq, ix->nkeywords);
+	for (size_t i = 0; i < ix->nkeywords; i++)
+		buf_printf(&b, "K %s\n", ix->keywords[i]);
 	for (size_t i = 0; i < ix->count && rc == 0; i++) {
 		const struct store_msg *m = &ix->msgs[i];
 		flags_letters(m->flags, fl);
-		buf_printf(&b, "%u %llu %s %llu %lld %c ", m->uid, (unsigned long long)m->modseq,
-		    fl[0] != '\0' ? fl : "-", (unsigned long long)m->size, (long long)m->internal_date,
-		    m->in_new ? 'n' : 'c');
+		buf_printf(&b, "%u %llu %s %llu %llu %lld %c ", m->uid, (unsigned long long)m->modseq,
+		    fl[0] != '\0' ? fl : "-", (unsigned long long)m->keywords, (unsigned long long)m->size,
+		    (long long)m->internal_date, m->in_new ? 'n' : 'c');
 		record_escape(&b, m->base, BASE_ESC);
 		buf_appendc(&b, '\n');
 		if (b.len >= FLUSH_AT) {
@@ -267,9 +311,29 @@ static int write_records(int fd, const void *arg)
 	return rc;
 }
 
+/* What index_read would refuse is never written: a bad keyword table or a
+ * mask naming an unknown bit is a broken invariant of our own (EINVAL). */
+static bool index_writable(const struct store_index *ix)
+{
+	uint64_t kwmax = ix->nkeywords >= 64 ? UINT64_MAX : (1ULL << ix->nkeywords) - 1;
+	if (ix->nkeywords > STORE_MAX_KEYWORDS)
+		return false;
+	for (size_t i = 0; i < ix->nkeywords; i++)
+		if (!index_keyword_valid(ix->keywords[i]))
+			return false;
+	for (size_t i = 0; i < ix->count; i++)
+		if ((ix->msgs[i].keywords & ~kwmax) != 0)
+			return false;
+	return true;
+}
+
 int index_write(const char *folder_path, const struct store_index *ix)
 {
 	const struct maildir_file f = { .fill = write_records, .fill_arg = ix };
+	if (!index_writable(ix)) {
+		errno = EINVAL;
+		return -1;
+	}
 	return maildir_replace_file(folder_path, INDEX_NAME, &f);
 }
 
@@ -278,7 +342,53 @@ void index_free(struct store_index *ix)
 	for (size_t i = 0; i < ix->count; i++)
 		free(ix->msgs[i].base);
 	free(ix->msgs);
+	for (size_t i = 0; i < ix->nkeywords; i++)
+		free(ix->keywords[i]);
 	memset(ix, 0, sizeof(*ix));
+}
+
+/* ------------------------------------------------------------ keywords */
+
+/* RFC 9051 §9: flag-keyword = "$MDNSent" / "$Forwarded" / "$Junk" /
+ * "$NotJunk" / "$Phishing" / atom; atom-char is any CHAR but atom-specials:
+ * "(" ")" "{" SP CTL list-wildcards ("%" "*") quoted-specials ('"' "\\")
+ * resp-specials ("]"). A leading '\\' would be a system flag: not a keyword. */
+bool index_keyword_valid(const char *kw)
+{
+	size_t len = strlen(kw);
+	if (len == 0 || len > STORE_MAX_KEYWORD_LEN)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char c = (unsigned char)kw[i];
+		if (c <= 0x20 || c >= 0x7f || strchr("(){%*\"\\]", c) != NULL)
+			return false;
+	}
+	return true;
+}
+
+int index_keyword_find(const struct store_index *ix, const char *kw)
+{
+	for (size_t i = 0; i < ix->nkeywords; i++)
+		if (util_strcaseeq(ix->keywords[i], kw))
+			return (int)i;
+	return -1;
+}
+
+int index_keyword_add(struct store_index *ix, const char *kw)
+{
+	int bit = index_keyword_find(ix, kw);
+	if (bit != -1)
+		return bit;
+	if (!index_keyword_valid(kw)) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (ix->nkeywords >= STORE_MAX_KEYWORDS) {
+		errno = ENOSPC;
+		return -1;
+	}
+	ix->keywords[ix->nkeywords] = xstrdup(kw);
+	return (int)ix->nkeywords++;
 }
 
 /* ------------------------------------------------------------ sync */
@@ -485,6 +595,7 @@ static void append_msg(struct store_index *ix, const struct found *f)
 	m->uid = ix->uidnext++;
 	m->modseq = ++ix->highestmodseq;
 	m->flags = f->flags;
+	m->keywords = 0;             /* keywords live only in the index: a new file has none */
 	m->size = f->size;
 	/* clamped to what index_read accepts, or a pre-1970 file would make the
 	 * index we write read back as corrupt on every open */

@@ -160,8 +160,33 @@ static int make_maildir(const char *dir, bool subfolder)
 	return rc;
 }
 
+int maildir_create_folder(const char *folder_path)
+{
+	return make_maildir(folder_path, true);
+}
+
+/* IMAP clients show only subscribed folders by default: a new account starts
+ * with INBOX and the special-use folders subscribed. The file is made only
+ * when missing, so an account whose user unsubscribed keeps that choice. */
+static int write_default_subscriptions(const char *user_path)
+{
+	struct buf b;
+	buf_init(&b, 4096);
+	buf_appends(&b, "INBOX\n");
+	for (size_t i = 0; i < sizeof(special_folders) / sizeof(special_folders[0]); i++)
+		buf_printf(&b, "%s\n", special_folders[i]);
+	const struct maildir_file f = { .data = b.data, .len = b.len };
+	int rc = maildir_create_file(user_path, MAILDIR_SUBSCRIPTIONS, &f);
+	buf_free(&b);
+	return rc == -1 && errno == EEXIST ? 0 : rc;
+}
+
 int maildir_create(const char *user_path)
 {
+	struct stat st;
+	char *tmp = xasprintf("%s/tmp", user_path);
+	bool fresh = stat(tmp, &st) == -1;   /* tmp/ is made last: no account yet */
+	free(tmp);
 	if (make_maildir(user_path, false) == -1)
 		return -1;
 	for (size_t i = 0; i < sizeof(special_folders) / sizeof(special_folders[0]); i++) {
@@ -171,7 +196,7 @@ int maildir_create(const char *user_path)
 		if (rc == -1)
 			return -1;
 	}
-	return 0;
+	return fresh ? write_default_subscriptions(user_path) : 0;
 }
 
 /* '/' and ':' as the Maildir spec says; ',' too, so that a hostname can
@@ -199,6 +224,16 @@ char *maildir_unique_name(const char *hostname)
 	    (long)getpid(), (unsigned long long)q);
 	append_host(&b, hostname != NULL && *hostname != '\0' ? hostname : "localhost");
 	return buf_steal(&b, NULL);
+}
+
+void maildir_flags_string(uint32_t flags, char out[8])
+{
+	static const char letters[] = "DFPRST";   /* bit i of MF_* is letter i, ASCII order */
+	size_t n = 0;
+	for (size_t i = 0; letters[i] != '\0'; i++)
+		if (flags & (1u << i))
+			out[n++] = letters[i];
+	out[n] = '\0';
 }
 
 int maildir_parse_flags(const char *filename)
@@ -363,8 +398,8 @@ static ssize_t read_retry(int fd, char *p, size_t len)
 	return n;
 }
 
-int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd, uint64_t max_size,
-    uint64_t *size_r)
+int maildir_deliver_fd_path(const char *folder_path, const char *hostname, int in_fd, uint64_t max_size,
+    uint64_t *size_r, char **path_r)
 {
 	struct delivery d;
 	int rc = delivery_begin(&d, folder_path, hostname, max_size);
@@ -373,7 +408,7 @@ int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd,
 	while (rc == 0) {
 		ssize_t n = read_retry(in_fd, in, CHUNK);
 		if (n <= 0) {
-			rc = n == 0 ? delivery_commit(&d, size_r, NULL) : -1;
+			rc = n == 0 ? delivery_commit(&d, size_r, path_r) : -1;
 			break;
 		}
 		rc = delivery_feed(&d, in, (size_t)n);
@@ -381,6 +416,12 @@ int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd,
 	free(in);
 	delivery_end(&d);
 	return rc;
+}
+
+int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd, uint64_t max_size,
+    uint64_t *size_r)
+{
+	return maildir_deliver_fd_path(folder_path, hostname, in_fd, max_size, size_r, NULL);
 }
 
 int maildir_deliver_iov(const char *folder_path, const char *hostname, const struct iovec *parts,

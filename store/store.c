@@ -29,10 +29,13 @@
 #define READ_DEFAULT (64 * 1024)
 #define READ_MAX (1024 * 1024)
 #define OPEN_RETRIES 3               /* file renamed (flags) between lookup and open */
+#define REQ_QUEUES 3                 /* folder queues one request may wait in (rename: user, from, to) */
 
 struct store_req;
 
-/* One folder's queue: head is submitted to aio, the rest wait. */
+/* One folder's queue: a request runs when it is the head of every queue it
+ * is in; the rest wait. A request joins all its queues in one step, so all
+ * queues order any two requests alike (submission order): no deadlock. */
 struct folderq {
 	struct folderq *next;        /* in s->folders */
 	char *path;                  /* owned; the key */
@@ -45,6 +48,7 @@ struct store {
 	struct aio *aio;             /* owned */
 	struct folderq *folders;     /* folders with a job running */
 	struct store_req *reqs;      /* every live request, for store_free */
+	struct store_mailbox *mailboxes;   /* open shared folders (mailbox.c owns them) */
 	bool freeing;
 };
 
@@ -89,19 +93,31 @@ struct deliver_job {
 	size_t len;
 };
 
+/* A job of another store/ file (mailbox.c), run like store.c's own. */
+struct gen_job {
+	const struct store_job_ops *ops;
+	void *job;                               /* owned by ops->release */
+};
+
 struct req_ops {
 	aio_work_fn work;                        /* worker: fills results, r->error */
 	void (*complete)(struct store_req *r);   /* reactor: the user's callback */
 	void (*release)(struct store_req *r);    /* reactor: frees inputs and results left */
+	/* reactor, NULL or called once the job was handed to aio (ran or not),
+	 * cancelled or not: effects on shared state that must not depend on the
+	 * caller still wanting the result */
+	void (*apply)(struct store_req *r);
 };
 
 struct store_req {
 	struct store *s;
 	const struct req_ops *ops;
 	struct store_req *prev, *next;           /* in s->reqs */
-	struct folderq *fq;                      /* serialised on this folder, or NULL */
-	struct store_req *fq_next;
+	struct folderq *fq[REQ_QUEUES];          /* serialised on these folders (NULL: unused) */
+	struct store_req *fq_next[REQ_QUEUES];   /* next in fq[i] */
 	struct aio_job *job;                     /* while submitted */
+	bool submitted;                          /* handed to aio (once) */
+	bool ran;                                /* work() returned (worker wrote it before the hand-off) */
 	bool cancelled, in_cb;
 	int error;                               /* errno for the callback; preset = no work */
 	void *arg;
@@ -117,6 +133,7 @@ struct store_req {
 		struct read_job read;
 		struct expunge_job expunge;
 		struct deliver_job deliver;
+		struct gen_job gen;
 	} u;
 };
 
@@ -150,9 +167,17 @@ static void req_destroy(struct store_req *r)
 
 static void req_done(void *arg, bool cancelled);
 
+static void req_work(void *arg)
+{
+	struct store_req *r = arg;
+	r->ops->work(r);
+	r->ran = true;
+}
+
 static void req_submit(struct store_req *r)
 {
-	r->job = aio_submit(r->s->aio, r->ops->work, req_done, r);
+	r->submitted = true;
+	r->job = aio_submit(r->s->aio, req_work, req_done, r);
 }
 
 static struct folderq *fq_get(struct store *s, const char *path)
@@ -179,53 +204,89 @@ static void fq_unlink_free(struct store *s, struct folderq *q)
 	free(q);
 }
 
-/* Queue behind the folder's running job, or submit now (folder NULL: no order). */
-static struct store_req *req_start(struct store_req *r, const char *folder)
+/* r's slot for queue q (r is in q) */
+static size_t fq_slot(const struct store_req *r, const struct folderq *q)
 {
-	if (folder == NULL) {
-		req_submit(r);
-		return r;
-	}
-	struct folderq *q = fq_get(r->s, folder);
-	r->fq = q;
-	if (q->tail != NULL) {
-		q->tail->fq_next = r;
-		q->tail = r;
-		return r;
-	}
-	q->head = q->tail = r;
+	for (size_t i = 0; i < REQ_QUEUES; i++)
+		if (r->fq[i] == q)
+			return i;
+	fatalx("store: request not in its folder queue");
+}
+
+/* Head of every queue it is in, and not yet running: start it. */
+static void fq_try_submit(struct store_req *r)
+{
+	if (r->submitted || r->s->freeing)
+		return;
+	for (size_t i = 0; i < REQ_QUEUES; i++)
+		if (r->fq[i] != NULL && r->fq[i]->head != r)
+			return;
 	req_submit(r);
+}
+
+/* Queue behind the running jobs of each named folder (NULL or repeated
+ * names are skipped), or submit now when no folder is named. */
+static struct store_req *req_start_n(struct store_req *r, const char *const *folders, size_t n)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n && k < REQ_QUEUES; i++) {
+		if (folders[i] == NULL)
+			continue;
+		struct folderq *q = fq_get(r->s, folders[i]);
+		bool dup = false;
+		for (size_t j = 0; j < k; j++)
+			dup |= r->fq[j] == q;
+		if (dup)
+			continue;
+		r->fq[k++] = q;
+		if (q->tail != NULL)
+			q->tail->fq_next[fq_slot(q->tail, q)] = r;
+		else
+			q->head = r;
+		q->tail = r;
+	}
+	if (k == 0)
+		req_submit(r);
+	else
+		fq_try_submit(r);
 	return r;
 }
 
-/* r (the head) finished: start the next job on its folder. */
-static void fq_advance(struct store_req *r)
+static struct store_req *req_start(struct store_req *r, const char *folder)
 {
-	struct folderq *q = r->fq;
-	if (q == NULL)
-		return;
-	r->fq = NULL;
-	q->head = r->fq_next;
-	r->fq_next = NULL;
-	if (q->head == NULL) {
-		fq_unlink_free(r->s, q);
-		return;
-	}
-	if (!r->s->freeing)
-		req_submit(q->head);
+	return req_start_n(r, &folder, 1);
 }
 
-/* A waiting (never submitted) request leaves its folder queue. */
-static void fq_remove_waiting(struct store_req *r)
+/* r leaves all its queues (it finished, or never ran); the requests that
+ * become heads start when they are heads everywhere. */
+static void fq_leave(struct store_req *r)
 {
-	struct folderq *q = r->fq;
-	struct store_req *prev = q->head;
-	while (prev->fq_next != r)
-		prev = prev->fq_next;
-	prev->fq_next = r->fq_next;
-	if (q->tail == r)
-		q->tail = prev;
-	r->fq = NULL;
+	struct store_req *next_heads[REQ_QUEUES] = { NULL };
+
+	for (size_t i = 0; i < REQ_QUEUES; i++) {
+		struct folderq *q = r->fq[i];
+		if (q == NULL)
+			continue;
+		struct store_req *next = r->fq_next[i];
+		if (q->head == r) {
+			q->head = next;
+			next_heads[i] = next;
+		} else {
+			struct store_req *prev = q->head;
+			while (prev->fq_next[fq_slot(prev, q)] != r)
+				prev = prev->fq_next[fq_slot(prev, q)];
+			prev->fq_next[fq_slot(prev, q)] = next;
+			if (q->tail == r)
+				q->tail = prev;
+		}
+		if (q->head == NULL)
+			fq_unlink_free(r->s, q);
+		r->fq[i] = NULL;
+		r->fq_next[i] = NULL;
+	}
+	for (size_t i = 0; i < REQ_QUEUES; i++)
+		if (next_heads[i] != NULL)
+			fq_try_submit(next_heads[i]);
 }
 
 /* aio completion, reactor thread: the one place callbacks are called from. */
@@ -233,7 +294,9 @@ static void req_done(void *arg, bool cancelled)
 {
 	struct store_req *r = arg;
 	r->job = NULL;
-	fq_advance(r);
+	fq_leave(r);
+	if (r->ops->apply != NULL)
+		r->ops->apply(r);
 	if (!cancelled && !r->cancelled) {
 		r->in_cb = true;
 		r->ops->complete(r);
@@ -257,7 +320,7 @@ void store_cancel(struct store_req **r_r)
 		aio_cancel(r->job);      /* req_done(cancelled) frees it later */
 		return;
 	}
-	fq_remove_waiting(r);
+	fq_leave(r);
 	req_destroy(r);
 }
 
@@ -283,9 +346,9 @@ static void set_aside_corrupt(const char *path)
 	free(to);
 }
 
-/* index_read, rebuilding when missing or corrupt; then sync with the
- * directory and write back when anything changed. */
-static int load_index(const char *path, struct store_index *ix)
+/* index_read, rebuilding when missing or corrupt; then (always after a
+ * rebuild) sync with the directory and write back when anything changed. */
+int store_index_load(const char *path, struct store_index *ix, bool rescan)
 {
 	bool rebuilt = false, changed = false;
 	if (index_read(path, ix) == -1) {
@@ -294,6 +357,8 @@ static int load_index(const char *path, struct store_index *ix)
 		if (errno == EBADMSG)
 			set_aside_corrupt(path);
 		rebuilt = true;
+	} else if (!rescan) {
+		return 0;
 	}
 	if (index_sync(path, ix, &changed) == -1 || ((changed || rebuilt) && index_write(path, ix) == -1)) {
 		int saved = errno;
@@ -306,7 +371,7 @@ static int load_index(const char *path, struct store_index *ix)
 
 /* tmp/ is made last (after cur/ and new/): a folder another thread is still
  * creating does not count as existing yet */
-static bool folder_exists(const char *path)
+bool store_folder_exists(const char *path)
 {
 	struct stat st;
 	char *cur = xasprintf("%s/tmp", path);
@@ -325,16 +390,16 @@ static void open_work(void *arg)
 
 	if (r->error != 0)
 		return;
-	if (!folder_exists(j->path) && maildir_create(j->user_path) == -1) {
+	if (!store_folder_exists(j->path) && maildir_create(j->user_path) == -1) {
 		r->error = errno;
 		return;
 	}
-	if (!folder_exists(j->path)) {
+	if (!store_folder_exists(j->path)) {
 		r->error = ENOENT;       /* not a folder maildir_create makes */
 		return;
 	}
 	maildir_clean_tmp(j->path);  /* best effort: leftovers of crashed deliveries */
-	if (load_index(j->path, &ix) == -1) {
+	if (store_index_load(j->path, &ix, true) == -1) {
 		r->error = errno;
 		return;
 	}
@@ -372,7 +437,14 @@ static void open_release(struct store_req *r)
 	store_view_free(&j->view);
 }
 
-static const struct req_ops open_ops = { open_work, open_complete, open_release };
+/* POP3 may have numbered new files: a shared IMAP view of the folder rescans */
+static void open_apply(struct store_req *r)
+{
+	if (r->ran && r->u.open.path != NULL)
+		store_mailbox_touched(r->s, r->u.open.path);
+}
+
+static const struct req_ops open_ops = { open_work, open_complete, open_release, open_apply };
 
 struct store_req *store_open_folder(struct store *s, const char *user, const char *folder,
     store_view_cb cb, void *arg)
@@ -472,7 +544,7 @@ static void fopen_release(struct store_req *r)
 		file_destroy(j->f);
 }
 
-static const struct req_ops fopen_ops = { fopen_work, fopen_complete, fopen_release };
+static const struct req_ops fopen_ops = { fopen_work, fopen_complete, fopen_release, NULL };
 
 struct store_req *store_file_open(struct store *s, const struct store_view *v, const struct store_msg *m,
     store_file_cb cb, void *arg)
@@ -517,7 +589,7 @@ static void read_release(struct store_req *r)
 		file_destroy(j->f);
 }
 
-static const struct req_ops read_ops = { read_work, read_complete, read_release };
+static const struct req_ops read_ops = { read_work, read_complete, read_release, NULL };
 
 /* maxlen 0 means a default chunk; larger than READ_MAX is clamped, so a
  * caller's number never sizes an allocation unchecked. */
@@ -590,7 +662,7 @@ static void expunge_work(void *arg)
 	if ((fsync_sub(j->path, "cur") == -1 || fsync_sub(j->path, "new") == -1) && err == 0)
 		err = errno;
 	/* the index follows the directory: entries whose file is gone drop out */
-	if (load_index(j->path, &ix) == -1 && err == 0)
+	if (store_index_load(j->path, &ix, true) == -1 && err == 0)
 		err = errno;
 	else
 		index_free(&ix);
@@ -611,7 +683,13 @@ static void expunge_release(struct store_req *r)
 	free(j->path);
 }
 
-static const struct req_ops expunge_ops = { expunge_work, done_complete, expunge_release };
+static void expunge_apply(struct store_req *r)
+{
+	if (r->ran)
+		store_mailbox_touched(r->s, r->u.expunge.path);
+}
+
+static const struct req_ops expunge_ops = { expunge_work, done_complete, expunge_release, expunge_apply };
 
 static const struct store_msg *view_find(const struct store_view *v, uint32_t uid)
 {
@@ -659,7 +737,7 @@ static int deliver_one(const struct deliver_job *j, size_t i, char **path_r)
 		return -1;
 	}
 	int rc = 0;
-	if (!folder_exists(up))
+	if (!store_folder_exists(up))
 		rc = maildir_create(up);
 	if (rc == 0)
 		rc = maildir_deliver_iov(up, j->hostname, parts, 2, 0, NULL, path_r);
@@ -715,7 +793,23 @@ static void deliver_release(struct store_req *r)
 	free(j->hostname);
 }
 
-static const struct req_ops deliver_ops = { deliver_work, done_complete, deliver_release };
+/* An IDLEing IMAP session of a recipient's INBOX learns of the mail now, not
+ * at its next poll: the open shared mailbox rescans. Also when the caller
+ * cancelled: the copies are there all the same. */
+static void deliver_apply(struct store_req *r)
+{
+	struct deliver_job *j = &r->u.deliver;
+	if (!r->ran || r->error != 0)
+		return;
+	for (size_t i = 0; i < j->nusers; i++) {
+		char *up = maildir_user_path(j->data_dir, j->users[i]);
+		if (up != NULL)
+			store_mailbox_touched(r->s, up);
+		free(up);
+	}
+}
+
+static const struct req_ops deliver_ops = { deliver_work, done_complete, deliver_release, deliver_apply };
 
 /* The message is copied: the caller may free data as soon as this returns. */
 struct store_req *store_deliver(struct store *s, char *const *users, const char *const *prefixes,
@@ -761,6 +855,66 @@ struct aio *store_aio(struct store *s)
 	return s->aio;
 }
 
+struct event_base *store_base(const struct store *s)
+{
+	return s->base;
+}
+
+const char *store_data_dir(const struct store *s)
+{
+	return s->data_dir;
+}
+
+const char *store_hostname(const struct store *s)
+{
+	return s->hostname;
+}
+
+bool store_freeing(const struct store *s)
+{
+	return s->freeing;
+}
+
+struct store_mailbox **store_mailbox_list(struct store *s)
+{
+	return &s->mailboxes;
+}
+
+/* ------------------------------------------------------------ jobs of other files */
+
+static void gen_work(void *arg)
+{
+	struct store_req *r = arg;
+	r->u.gen.ops->work(r->u.gen.job);
+}
+
+static void gen_apply(struct store_req *r)
+{
+	if (r->u.gen.ops->apply != NULL)
+		r->u.gen.ops->apply(r->u.gen.job, r->ran);
+}
+
+static void gen_complete(struct store_req *r)
+{
+	r->u.gen.ops->complete(r->u.gen.job, r->arg);
+}
+
+static void gen_release(struct store_req *r)
+{
+	r->u.gen.ops->release(r->u.gen.job);
+}
+
+static const struct req_ops gen_ops = { gen_work, gen_complete, gen_release, gen_apply };
+
+struct store_req *store_job_start(struct store *s, const struct store_job_ops *ops, void *job, void *arg,
+    const char *const *queues, size_t nqueues)
+{
+	struct store_req *r = req_new(s, &gen_ops, arg);
+	r->u.gen.ops = ops;
+	r->u.gen.job = job;
+	return req_start_n(r, queues, nqueues);
+}
+
 /* Must not be called from inside a store callback. Waiting requests are
  * dropped; submitted ones are cancelled and freed by aio_free's done calls. */
 void store_free(struct store **s_r)
@@ -770,11 +924,12 @@ void store_free(struct store **s_r)
 		return;
 	*s_r = NULL;
 	s->freeing = true;
-	for (struct folderq *q = s->folders; q != NULL; q = q->next) {
-		while (q->head->fq_next != NULL) {
-			struct store_req *w = q->head->fq_next;
-			fq_remove_waiting(w);
-			req_destroy(w);
+	/* waiting requests never ran: drop them (freeing: nothing new starts) */
+	for (struct store_req *r = s->reqs, *next; r != NULL; r = next) {
+		next = r->next;
+		if (!r->submitted) {
+			fq_leave(r);
+			req_destroy(r);
 		}
 	}
 	for (struct store_req *r = s->reqs; r != NULL; r = r->next) {
@@ -783,6 +938,8 @@ void store_free(struct store **s_r)
 			aio_cancel(r->job);
 	}
 	aio_free(&s->aio);
+	/* after the jobs (their apply steps may still touch open mailboxes) */
+	store_mailboxes_free(s);
 	free(s->data_dir);
 	free(s->hostname);
 	free(s);

@@ -47,6 +47,7 @@ enum {
 	MF_REPLIED = 1 << 3,   /* R */
 	MF_SEEN = 1 << 4,      /* S */
 	MF_TRASHED = 1 << 5,   /* T (IMAP \Deleted) */
+	MF_ALL = (1 << 6) - 1,
 };
 
 /* <data_dir>/mail/<domain>/<local>; NULL if the address is unsafe as a path
@@ -54,12 +55,19 @@ enum {
 char *maildir_user_path(const char *data_dir, const char *address);
 /* Folder dir: user path for "INBOX", else "<user>/.<name>" (Maildir++). NULL if unsafe. */
 char *maildir_folder_path(const char *user_path, const char *folder);
+#define MAILDIR_SUBSCRIPTIONS "subscriptions"   /* in the user dir (Dovecot's name) */
 /* mkdir -p of the user Maildir with cur/ new/ tmp/ (and the default special-use
- * folders .Sent .Drafts .Trash .Junk .Archive). Blocking. */
+ * folders .Sent .Drafts .Trash .Junk .Archive). For a new account (no tmp/ yet)
+ * it also writes the subscriptions file naming INBOX and those five. Blocking. */
 int maildir_create(const char *user_path);
+/* One Maildir++ subfolder directory (mkdir -p, cur/ new/ tmp/ made durable,
+ * tmp/ last, and the "maildirfolder" marker). Existing parts are fine. */
+int maildir_create_folder(const char *folder_path);
 /* Unique base name "<secs>.M<usecs>P<pid>Q<seq>.<host>" (host with '/' and ':' escaped) */
 char *maildir_unique_name(const char *hostname);
 int maildir_parse_flags(const char *filename);            /* bits from ":2,..." */
+/* The letters of MF_* flags in Maildir (ASCII) order into out; "" for none. */
+void maildir_flags_string(uint32_t flags, char out[8]);
 /* Durable delivery of one message (blocking; CLI `deliver` and workers use it):
  * write tmp/<unique>, fsync, link/rename into new/<unique>,S=<size>, fsync new/.
  * Input line endings are normalised to CRLF (the store keeps CRLF so sizes
@@ -67,6 +75,9 @@ int maildir_parse_flags(const char *filename);            /* bits from ":2,..." 
  * nothing left in tmp/ or new/. *size_r = stored size. */
 int maildir_deliver_fd(const char *folder_path, const char *hostname, int in_fd, uint64_t max_size,
     uint64_t *size_r);
+/* As maildir_deliver_fd, with the malloc'ed full path of the file in new/. */
+int maildir_deliver_fd_path(const char *folder_path, const char *hostname, int in_fd, uint64_t max_size,
+    uint64_t *size_r, char **path_r);
 int maildir_deliver_buf(const char *folder_path, const char *hostname, const char *data, size_t len,
     uint64_t *size_r);
 /* As maildir_deliver_buf, with a size limit (0 = none, else EFBIG past it) and,
@@ -110,6 +121,7 @@ int maildir_create_file(const char *dir, const char *name, const struct maildir_
 /* ---------------------------------------------------------------- index.c */
 
 #define STORE_MAX_KEYWORDS 64        /* IMAP keywords per folder (a uint64_t mask) */
+#define STORE_MAX_KEYWORD_LEN 128    /* octets of one keyword name */
 
 /* One message as the index knows it. */
 struct store_msg {
@@ -147,6 +159,14 @@ int index_write(const char *folder_path, const struct store_index *ix);
  * the index must be written. Blocking. */
 int index_sync(const char *folder_path, struct store_index *ix, bool *changed_r);
 void index_free(struct store_index *ix);
+/* An IMAP keyword as the index keeps it: an atom (RFC 9051 §9 flag-keyword) of
+ * 1..STORE_MAX_KEYWORD_LEN octets; system flags (backslash) are not keywords. */
+bool index_keyword_valid(const char *kw);
+/* Bit of keyword kw in ix (names compare case-insensitively), or -1. */
+int index_keyword_find(const struct store_index *ix, const char *kw);
+/* Bit of kw, added to the table when new: -1 with errno EINVAL (not a valid
+ * keyword) or ENOSPC (STORE_MAX_KEYWORDS names already). */
+int index_keyword_add(struct store_index *ix, const char *kw);
 /* Relative path of a message file ("new/<name>" or "cur/<name>"), found by
  * looking up the base in the directory (the flags suffix may have changed). */
 char *index_msg_path(const char *folder_path, const struct store_msg *m);
@@ -157,6 +177,8 @@ struct store;
 
 struct store *store_new(struct event_base *base, const char *data_dir, const char *hostname,
     int nthreads);
+/* Open shared mailboxes and their watches still held by callers are freed too
+ * (their pointers must not be used afterwards). */
 void store_free(struct store **s_r);
 struct aio *store_aio(struct store *s);
 
@@ -229,7 +251,9 @@ struct store_req *store_deliver(struct store *s, char *const *users, const char 
  * not (the session answers NO [CANNOT]): empty; longer than STORE_MAX_NAME;
  * invalid UTF-8; control characters (< 0x20, 0x7f); an empty component (leading,
  * trailing or doubled '/'); a component that is "." or ".." or contains '.'
- * (the Maildir++ separator) or starts with '~'; more than STORE_MAX_LEVELS levels. */
+ * (the Maildir++ separator) or starts with '~'; more than STORE_MAX_LEVELS levels;
+ * a directory name ".<c1>.<c2>..." (modified UTF-7) longer than 255 octets, so an
+ * ASCII name has at most 254 octets and a non-ASCII one may be refused sooner. */
 int store_name_check(const char *name);
 /* name with a leading "INBOX" component (any case) written "INBOX"; malloc'ed. */
 char *store_name_normalize(const char *name);
@@ -242,7 +266,8 @@ const char *store_special_use(const char *name);
 
 struct store_folder_info {
 	char *name;                  /* UTF-8 with '/', owned */
-	bool exists;                 /* false: only subscribed (LIST \\NonExistent) */
+	bool exists;                 /* false: only subscribed, or the missing parent of
+	                              * existing folders (LIST \\NonExistent) */
 	bool subscribed;
 	bool has_children;           /* some existing folder below it */
 	const char *special_use;     /* static, or NULL */
@@ -370,5 +395,54 @@ struct store_req *store_append(struct store *s, const char *user, const char *na
 /* Reading a message of a shared mailbox (FETCH, SEARCH): like store_file_open. */
 struct store_req *store_mailbox_file_open(struct store_mailbox *mb, const struct store_msg *m,
     store_file_cb cb, void *arg);
+
+/* ---------------------------------------------------------------- store/ internals */
+/* Between store.c and mailbox.c only; nothing outside store/ calls these. */
+
+/* A job of mailbox.c run by store.c's request machinery. The job struct holds
+ * its inputs, results, error and the caller's callback; store.c only owns the
+ * struct store_req around it. */
+struct store_job_ops {
+	void (*work)(void *job);                    /* worker thread */
+	/* reactor, once aio is done with the job, whether or not the request was
+	 * cancelled (ran: work() ran): apply results to shared state. May be NULL. */
+	void (*apply)(void *job, bool ran);
+	void (*complete)(void *job, void *arg);     /* reactor, not cancelled: the callback */
+	void (*release)(void *job);                 /* reactor: free the job (also never run) */
+};
+/* Runs the job after the running jobs of every named folder queue (folder
+ * paths, or other keys; NULL entries skipped; up to 3), or at once for none. */
+struct store_req *store_job_start(struct store *s, const struct store_job_ops *ops, void *job, void *arg,
+    const char *const *queues, size_t nqueues);
+struct event_base *store_base(const struct store *s);
+const char *store_data_dir(const struct store *s);
+const char *store_hostname(const struct store *s);
+bool store_freeing(const struct store *s);
+/* Worker side: the folder's index as the last job left it (index_read); when
+ * missing or corrupt rebuilt from the directory and written. With rescan, also
+ * synced with new/ and cur/ (index_sync) and written back when that changed
+ * anything. -1 with errno; ix is then empty. */
+int store_index_load(const char *path, struct store_index *ix, bool rescan);
+/* The folder directory is complete (its tmp/, made last, exists). Blocking. */
+bool store_folder_exists(const char *path);
+struct store_mailbox **store_mailbox_list(struct store *s);   /* mailbox.c's list head */
+/* mailbox.c: something outside the shared mailbox changed the folder at
+ * folder_path (a delivery, POP3): an open shared mailbox of it rescans. */
+void store_mailbox_touched(struct store *s, const char *folder_path);
+/* mailbox.c: frees every shared mailbox left (store_free, after the jobs). */
+void store_mailboxes_free(struct store *s);
+/* mailbox.c: the loaded, not deleted shared mailbox of a folder path, or NULL. */
+struct store_mailbox *store_mailbox_lookup(struct store *s, const char *path);
+/* mailbox.c: ix (moved out) is the folder's index as a job just wrote it: the
+ * open shared mailbox of path, if any, takes it and tells its watchers. */
+void store_mailbox_install(struct store *s, const char *path, struct store_index *ix);
+/* mailbox.c: the user's folder name and those below it were deleted or renamed:
+ * their shared mailboxes are marked deleted and their watchers told. */
+void store_mailbox_gone(struct store *s, const char *user, const char *name);
+void store_mailbox_status(const struct store_mailbox *mb, struct store_status *st);
+/* folder.c: the directory of a valid normalised folder name: user_path for
+ * "INBOX", else "<user_path>/.<c1>.<c2>..." with components in modified UTF-7.
+ * NULL when the name cannot be a folder. malloc'ed. */
+char *store_folder_path(const char *user_path, const char *name);
 
 #endif

@@ -197,6 +197,8 @@ class Server:
                 ent["secret"] = spec["secret"]
             if spec.get("aliases"):
                 ent["aliases"] = list(spec["aliases"])
+            if spec.get("quota"):
+                ent["quota"] = spec["quota"]
             out.append(ent)
         return out
 

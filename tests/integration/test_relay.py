@@ -793,6 +793,20 @@ class RemoteHangs(RelayTestCase):
         self.assertEqual(sorted(a.queue_files()), sorted(f"{q}.{x}" for q in (qid, qid2) for x in ("env", "msg")))
         # tearDown checks that SIGTERM ends A within 5 s despite the hung connections
 
+    def test_connections_per_domain_are_limited(self):
+        # relay.max_connections_per_domain: 2: four messages to one domain whose MX hangs
+        # get two connections; the other two wait for a slot (not a third connection)
+        h = HangingServer()
+        self.addCleanup(h.close)
+        a = self.server_a(h.port, config={"relay": {"max_connections_per_domain": 2, "connect_timeout": "30s"}})
+        c = self.login(a)
+        qids = [self.submit(a, [BOB], make_body(f"limited {i}"), conn=c)[0] for i in range(4)]
+        c.quit()
+        wait_until(lambda: h.count() >= 2, timeout=5, what="two relay connections")
+        time.sleep(6)       # past the next 5 s tick
+        self.assertEqual(h.count(), 2, "more connections to one domain than the limit")
+        self.assertEqual(len(a.queue_files()), 2 * len(qids))
+
 
 # ===================================================================== smarthost
 
@@ -921,6 +935,94 @@ class Smarthost(RelayTestCase):
             _m, _pm, rcpts, _parts = self.parse_dsn(data)
             self.assertEqual([(r["Final-Recipient"], r["Status"]) for r in rcpts], [(f"rfc822; {BOB}", "5.4.6")])
         a.assert_alive()
+
+
+# ===================================================================== postling queue
+
+class QueueAdmin(RelayTestCase):
+    """`postling queue flush|delete ID|bounce ID` reach the running server through
+    <data_dir>/control.sock; delete also works on the files with no server running."""
+
+    def queue(self, a, *args):
+        r = a.run_cli("queue", "-c", a.config_path, *args)
+        return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+    def test_control_socket_is_private(self):
+        a = self.server_a(free_port(), hold=True)
+        st = os.stat(os.path.join(a.data_dir, "control.sock"))
+        self.assertEqual(st.st_mode & 0o777, 0o600)
+        self.assertTrue(stat_is_socket(st.st_mode))
+
+    def test_delete_drops_the_entry_without_dsn(self):
+        a = self.server_a(free_port(), hold=True)
+        qid, _ = self.submit(a, [BOB], make_body("to be deleted"))
+        rc, out, err = self.queue(a, "delete", qid)
+        self.assertEqual((rc, out.strip(), err), (0, f"{qid} deleted", ""))
+        wait_until(lambda: a.queue_files() == [], timeout=5, what="queue empty")
+        [e] = a.wait_log("relay.deleted", msgid=qid)
+        self.assertEqual(e.get("from"), ALICE)
+        time.sleep(0.3)
+        self.assertEqual(self.dsns(a), [])
+        rc, out, err = self.queue(a, "delete", qid)
+        self.assertEqual((rc, err.strip()), (1, f"no queue entry {qid}"))
+
+    def test_bounce_sends_a_dsn(self):
+        a = self.server_a(free_port(), hold=True)
+        qid, _ = self.submit(a, [BOB, CAROL], make_body("to be bounced"))
+        rc, out, err = self.queue(a, "bounce", qid)
+        self.assertEqual((rc, out.strip()), (0, f"{qid} bounced to its sender"), err)
+        got = a.wait_log("relay.bounced", count=2, msgid=qid)
+        self.assertEqual(sorted(e["rcpt"] for e in got), [BOB, CAROL])
+        wait_until(lambda: a.queue_files() == [] and len(self.dsns(a)) == 1, timeout=5, what="DSN, queue empty")
+        _m, _pm, rcpts, _parts = self.parse_dsn(self.dsns(a)[0])
+        self.assertEqual(sorted((r["Final-Recipient"], r["Status"], r["Action"]) for r in rcpts),
+                         [(f"rfc822; {BOB}", "5.0.0", "failed"), (f"rfc822; {CAROL}", "5.0.0", "failed")])
+
+    def test_flush_retries_a_deferred_entry_now(self):
+        b = self.server_b(start=False)
+        a = self.server_a(b.port("smtp"), config={"relay": {"retry_initial": "1h", "retry_max": "1h"}})
+        qid, _ = self.submit(a, [BOB], make_body("flush me"))
+        self.wait_event(a, "relay.deferred", msgid=qid, timeout=5)
+        b.start()
+        since = a.log_size()
+        rc, out, err = self.queue(a, "flush")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out.strip(), r"^1 deferred entries scheduled now \(1 queued\)$")
+        # the tick is 5 s and the retry 1 h away: only the flush can deliver this soon
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, timeout=3, since=since)
+        self.assertEqual(d.get("attempts"), 2, d)
+        self.wait_queue_empty(a)
+
+    def test_bad_arguments(self):
+        a = self.server_a(free_port(), hold=True)
+        rc, _out, err = self.queue(a, "delete", "../../etc/passwd")
+        self.assertEqual(rc, 1)
+        self.assertIn("is not a queue id", err)
+        rc, _out, err = self.queue(a, "bounce", "0000000000000000")
+        self.assertEqual((rc, err.strip()), (1, "no queue entry 0000000000000000"))
+        rc, _out, err = self.queue(a, "flush", "extra")
+        self.assertEqual(rc, 64)          # EX_USAGE, like every subcommand's usage error
+        self.assertIn("usage: postling queue", err)
+
+    def test_without_a_running_server(self):
+        a = self.server_a(free_port(), hold=True)
+        qid, _ = self.submit(a, [BOB], make_body("offline delete"))
+        self.assertEqual(a.stop(), 0)
+        self.assertFalse(os.path.exists(os.path.join(a.data_dir, "control.sock")))
+        rc, _out, err = self.queue(a, "flush")
+        self.assertEqual(rc, 1)
+        self.assertIn("no server is running", err)
+        rc, _out, err = self.queue(a, "bounce", qid)
+        self.assertEqual(rc, 1)
+        self.assertIn("bounce needs the running server", err)
+        rc, out, err = self.queue(a, "delete", qid)
+        self.assertEqual((rc, out.strip()), (0, f"{qid} deleted (no server running)"), err)
+        self.assertEqual(a.queue_files(), [])
+
+
+def stat_is_socket(mode):
+    import stat
+    return stat.S_ISSOCK(mode)
 
 
 if __name__ == "__main__":

@@ -444,7 +444,7 @@ static void index_roundtrip_keeps_odd_names(void **state)
 	char *file = path_join(fx->dir, "postling.index");
 	size_t len;
 	char *text = slurp(file, &len);
-	assert_non_null(strstr(text, "POSTLING-INDEX 1 1700000000 40 99\n"));
+	assert_non_null(strstr(text, "POSTLING-INDEX 2 1700000000 40 99 0\n"));
 	assert_non_null(strstr(text, " with%20space\n"));
 	assert_non_null(strstr(text, " 100%25\n"));
 	assert_non_null(strstr(text, " new%0Aline\n"));
@@ -481,7 +481,23 @@ static void index_read_rejects_corruption(void **state)
 	static const char *const bad[] = {
 		"",
 		"garbage\n",
-		"POSTLING-INDEX 2 5 10 3\n",
+		"POSTLING-INDEX 3 5 10 3 0\n",                                /* unknown version */
+		"POSTLING-INDEX 2 5 10 3\n",                                  /* v2 without nkeywords */
+		"POSTLING-INDEX 1 5 10 3 0\n",                                /* v1 with nkeywords */
+		"POSTLING-INDEX 2 5 10 3 65\n",                               /* past STORE_MAX_KEYWORDS */
+		"POSTLING-INDEX 2 5 10 3 1\n",                                /* K line missing */
+		"POSTLING-INDEX 2 5 10 3 1\nK work",                          /* K line torn */
+		"POSTLING-INDEX 2 5 10 3 1\nX work\n",
+		"POSTLING-INDEX 2 5 10 3 1\nK \\Seen\n",                     /* system flag */
+		"POSTLING-INDEX 2 5 10 3 1\nK a(b\n",                         /* atom-special */
+		"POSTLING-INDEX 2 5 10 3 1\nK a]b\n",
+		"POSTLING-INDEX 2 5 10 3 1\nK a%b\n",
+		"POSTLING-INDEX 2 5 10 3 1\nK \xc3\xbc\n",                    /* non-ASCII */
+		"POSTLING-INDEX 2 5 10 3 2\nK Work\nK work\n",                /* duplicate, any case */
+		"POSTLING-INDEX 2 5 10 3 1\nK a b\n",
+		"POSTLING-INDEX 2 5 10 3 1\nK a\n1 1 - 2 5 0 n a\n",          /* bit 1 of 1 keyword */
+		"POSTLING-INDEX 2 5 10 3 0\n1 1 - 5 0 n a\n",                 /* v2 record without mask */
+		"POSTLING-INDEX 2 5 10 3 0\n1 1 - 0 5 0 n a\nK b\n",          /* K after records */
 		"POSTLING-INDEX 1 0 10 3\n",                                  /* uidvalidity 0 */
 		"POSTLING-INDEX 1 5 10 3",                                    /* no newline */
 		"POSTLING-INDEX 1 5 10 3 x\n",
@@ -521,6 +537,87 @@ static void index_read_rejects_corruption(void **state)
 		assert_null(ix.msgs);
 	}
 	free(file);
+}
+
+/* Version 2 keeps the keyword table (bit order) and each message's mask. */
+static void index_v2_roundtrips_keywords(void **state)
+{
+	struct fx *fx = *state;
+	struct store_index ix = { .uidvalidity = 9, .uidnext = 5, .highestmodseq = 7 };
+	assert_int_equal(index_keyword_add(&ix, "$Forwarded"), 0);
+	assert_int_equal(index_keyword_add(&ix, "Work"), 1);
+	assert_int_equal(index_keyword_add(&ix, "work"), 1);          /* case-insensitive */
+	assert_int_equal(index_keyword_add(&ix, "\\Seen"), -1);
+	assert_int_equal(errno, EINVAL);
+	ix.count = 2;
+	ix.msgs = xcalloc(2, sizeof(*ix.msgs));
+	ix.msgs[0] = (struct store_msg){ .uid = 1, .modseq = 3, .keywords = 2, .size = 10, .base = xstrdup("a") };
+	ix.msgs[1] = (struct store_msg){ .uid = 4, .modseq = 7, .flags = MF_SEEN, .keywords = 3, .size = 20,
+		.base = xstrdup("b"), .in_new = true };
+	assert_int_equal(index_write(fx->dir, &ix), 0);
+
+	char *file = path_join(fx->dir, "postling.index");
+	char *text = slurp(file, NULL);
+	assert_string_equal(text, "POSTLING-INDEX 2 9 5 7 2\nK $Forwarded\nK Work\n"
+	    "1 3 - 2 10 0 c a\n4 7 S 3 20 0 n b\n");
+	struct store_index rd;
+	assert_int_equal(index_read(fx->dir, &rd), 0);
+	assert_int_equal(rd.nkeywords, 2);
+	assert_string_equal(rd.keywords[0], "$Forwarded");
+	assert_string_equal(rd.keywords[1], "Work");
+	assert_int_equal(rd.count, 2);
+	assert_int_equal(rd.msgs[0].keywords, 2);
+	assert_int_equal(rd.msgs[1].keywords, 3);
+	assert_int_equal(rd.msgs[1].flags, MF_SEEN);
+
+	/* a mask naming no keyword is never written */
+	ix.msgs[0].keywords = 4;
+	assert_int_equal(index_write(fx->dir, &ix), -1);
+	assert_int_equal(errno, EINVAL);
+	index_free(&rd);
+	index_free(&ix);
+	free(text), free(file);
+}
+
+/* Version 1 files (before keywords) still read, with no keywords; the next
+ * write is version 2. */
+static void index_reads_v1_without_keywords(void **state)
+{
+	struct fx *fx = *state;
+	const char v1[] = "POSTLING-INDEX 1 777 50 9\n2 1 S 5 100 n a\n7 9 - 6 200 c b\n";
+	char *file = path_join(fx->dir, "postling.index");
+	struct store_index ix;
+	write_file(file, v1, strlen(v1));
+	assert_int_equal(index_read(fx->dir, &ix), 0);
+	assert_int_equal(ix.uidvalidity, 777);
+	assert_int_equal(ix.nkeywords, 0);
+	assert_int_equal(ix.count, 2);
+	assert_int_equal(ix.msgs[0].keywords, 0);
+	assert_int_equal(ix.msgs[1].uid, 7);
+	assert_int_equal(ix.msgs[1].size, 6);
+	assert_int_equal(ix.msgs[1].internal_date, 200);
+	assert_int_equal(index_write(fx->dir, &ix), 0);
+	char *text = slurp(file, NULL);
+	assert_string_equal(text, "POSTLING-INDEX 2 777 50 9 0\n2 1 S 0 5 100 n a\n7 9 - 0 6 200 c b\n");
+	index_free(&ix);
+	free(text), free(file);
+}
+
+/* 64 names fill the table; the 65th is ENOSPC and leaves it as it was. */
+static void index_keyword_table_full_is_enospc(void **state)
+{
+	struct store_index ix = { 0 };
+	char name[16];
+	for (int i = 0; i < STORE_MAX_KEYWORDS; i++) {
+		snprintf(name, sizeof(name), "k%d", i);
+		assert_int_equal(index_keyword_add(&ix, name), i);
+	}
+	errno = 0;
+	assert_int_equal(index_keyword_add(&ix, "one-more"), -1);
+	assert_int_equal(errno, ENOSPC);
+	assert_int_equal(index_keyword_add(&ix, "K63"), 63);         /* known names still resolve */
+	assert_int_equal(ix.nkeywords, STORE_MAX_KEYWORDS);
+	index_free(&ix);
 }
 
 /* A valid first line survives: the rebuild keeps UIDVALIDITY and UIDNEXT. */
@@ -1377,6 +1474,9 @@ int main(void)
 		T(index_roundtrip_keeps_odd_names),
 		T(index_read_rejects_corruption),
 		T(index_read_corrupt_records_keep_header),
+		T(index_v2_roundtrips_keywords),
+		T(index_reads_v1_without_keywords),
+		T(index_keyword_table_full_is_enospc),
 		T(sync_numbers_new_files_and_keeps_old_uids),
 		T(sync_takes_flags_when_moved_to_cur),
 		T(sync_drops_vanished_and_bumps_modseq),
