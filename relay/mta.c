@@ -55,6 +55,7 @@ enum mta_state {
 	MTA_S_AUTH_LOGIN,    /* waiting for 334 (user name) */
 	MTA_S_AUTH_USER,     /* waiting for 334 (password) */
 	MTA_S_AUTH_PASS,     /* waiting for 235 */
+	MTA_S_RSET,          /* a parked connection taken back: is it alive? */
 	MTA_S_MAIL,
 	MTA_S_RCPT,
 	MTA_S_DATA,
@@ -66,7 +67,7 @@ enum mta_state {
 
 static const char *const state_names[] = {
 	"idle", "connect", "greeting", "ehlo", "helo", "starttls", "handshake", "auth-plain",
-	"auth-login", "auth-user", "auth-pass", "mail", "rcpt", "data", "body", "eom", "quit", "done",
+	"auth-login", "auth-user", "auth-pass", "rset", "mail", "rcpt", "data", "body", "eom", "quit", "done",
 };
 _Static_assert(sizeof(state_names) / sizeof(state_names[0]) == MTA_S_DONE + 1, "state_names");
 
@@ -106,6 +107,9 @@ struct mta_req {
 	char *mx_name, *helo, *auth_user, *auth_pass, *sender, *envid, *msg_path;
 	SSL_CTX *tls_ctx;
 	bool tls_required, implicit_tls, need_utf8, body_8bit;
+	bool reuse;                  /* mta_params.reuse */
+	bool no_cache;               /* a parked connection failed its RSET: connect afresh */
+	unsigned uses;               /* transactions this connection carried before */
 	int ret;
 	char **rcpts, **orcpt;
 	unsigned *notify;
@@ -151,6 +155,8 @@ struct mta_req {
 
 static void conn_open(struct mta_req *s);
 static void send_ehlo(struct mta_req *s, const char *verb);
+static void bev_setup(struct mta_req *s);
+static void start_txn(struct mta_req *s);
 
 /* ------------------------------------------------------------ helpers */
 
@@ -400,6 +406,71 @@ static void tls_failed(struct mta_req *s, const char *why)
 	end_conn(s, NEXT_PLAIN, false);   /* opportunistic: this address again, in clear */
 }
 
+/* A parked connection that did not survive its RSET: the same address again,
+ * over a new connection (nothing was sent for this message yet). */
+static void retry_fresh(struct mta_req *s)
+{
+	s->no_cache = true;
+	end_conn(s, NEXT_START, false);
+}
+
+#define MTA_REUSE_MAX 100            /* transactions per connection */
+
+static char *cache_key(const struct mta_req *s)
+{
+	return xasprintf("%s|%d|%s|%s|%s|%d", s->ip, s->cur_port, s->mx_name, s->helo,
+	    s->auth_user != NULL ? s->auth_user : "", s->tls_required);
+}
+
+/* The transaction is over and the server in a sane state: park the connection. */
+static bool park(struct mta_req *s)
+{
+	if (!s->reuse || s->bev == NULL || s->reply.code == 421 || s->uses + 1 >= MTA_REUSE_MAX)
+		return false;
+	evtimer_del(s->timer);
+	body_detach(s);
+	struct mta_conn c = {
+		.fd = s->fd, .bev = s->bev, .ssl = s->ssl, .ext = s->ext, .size_max = s->size_max,
+		.tls = s->res->tls, .loopback = s->loopback, .uses = s->uses + 1,
+		.tls_version = s->res->tls_version != NULL ? xstrdup(s->res->tls_version) : NULL,
+	};
+	char *key = cache_key(s);
+	mta_cache_put(s->base, key, &c);
+	free(key);
+	s->bev = NULL;
+	s->ssl = NULL;
+	s->fd = -1;
+	mta_reply_reset(&s->reply);
+	s->next = NEXT_FINISH;
+	mta_enter(s, MTA_S_IDLE);
+	event_active(s->kick, EV_TIMEOUT, 0);
+	return true;
+}
+
+/* A parked connection to this address, if any: RSET, then the transaction. */
+static bool unpark(struct mta_req *s)
+{
+	struct mta_conn c;
+	char *key = cache_key(s);
+	bool found = s->reuse && !s->no_cache && mta_cache_take(s->base, key, &c);
+	free(key);
+	if (!found)
+		return false;
+	s->fd = c.fd;
+	s->bev = c.bev;
+	s->ssl = c.ssl;
+	s->ext = c.ext;
+	s->size_max = c.size_max;
+	s->uses = c.uses;
+	s->res->tls = c.tls;
+	s->res->tls_version = c.tls_version;
+	bev_setup(s);
+	send_cmd(s, "RSET");
+	mta_enter(s, MTA_S_RSET);
+	arm(s, s->t_cmd);
+	return true;
+}
+
 /* Connection lost, refused or timed out (what says which) in any state. */
 static void conn_lost(struct mta_req *s, const char *what)
 {
@@ -411,6 +482,9 @@ static void conn_lost(struct mta_req *s, const char *what)
 		break;
 	case MTA_S_HANDSHAKE:
 		tls_failed(s, what);
+		break;
+	case MTA_S_RSET:
+		retry_fresh(s);
 		break;
 	case MTA_S_GREETING: case MTA_S_EHLO: case MTA_S_HELO: case MTA_S_STARTTLS:
 	case MTA_S_AUTH_PLAIN: case MTA_S_AUTH_LOGIN: case MTA_S_AUTH_USER: case MTA_S_AUTH_PASS:
@@ -898,7 +972,8 @@ static void on_eom_reply(struct mta_req *s)
 	if (st == MTA_OK)
 		reply_enh(&s->reply, enh);
 	fail_open(s, st, s->reply.code, enh, s->reply.text);
-	end_conn(s, NEXT_FINISH, true);
+	if (!park(s))
+		end_conn(s, NEXT_FINISH, true);
 }
 
 static void on_auth_reply(struct mta_req *s)
@@ -957,6 +1032,12 @@ static void on_reply(struct mta_req *s)
 		break;
 	case MTA_S_AUTH_PLAIN: case MTA_S_AUTH_LOGIN: case MTA_S_AUTH_USER: case MTA_S_AUTH_PASS:
 		on_auth_reply(s);
+		break;
+	case MTA_S_RSET:
+		if (cls == 2)
+			start_txn(s);
+		else
+			retry_fresh(s);
 		break;
 	case MTA_S_MAIL:
 		on_mail_reply(s);
@@ -1091,6 +1172,9 @@ static void conn_open(struct mta_req *s)
 	free(s->res->tls_version);
 	s->res->tls_version = NULL;
 	s->ext = 0;
+	s->uses = 0;
+	if (unpark(s))
+		return;
 	mta_enter(s, MTA_S_CONNECT);
 	arm(s, s->t_connect);
 
@@ -1208,6 +1292,7 @@ static void copy_params(struct mta_req *s, const struct mta_params *p)
 	s->tls_ctx = p->tls;
 	s->tls_required = p->tls_required || p->implicit_tls;
 	s->implicit_tls = p->implicit_tls;
+	s->reuse = p->reuse;
 	s->body_8bit = p->body_8bit;
 	s->ret = p->ret;
 	s->nrcpts = p->nrcpts;

@@ -519,6 +519,8 @@ struct mta_params {
 	const char *helo;                  /* our hostname for EHLO/HELO */
 	struct ssl_ctx_st *tls;            /* client context; NULL: never STARTTLS */
 	bool tls_required;                 /* needs tls */
+	bool reuse;                        /* take a parked connection to the same host, and
+	                                    * park this one after the transaction (mta_cache.c) */
 	bool implicit_tls;                 /* TLS handshake right after connect (RFC 8314 §3.3);
 	                                    * needs tls, implies tls_required */
 	const char *auth_user, *auth_pass; /* both or neither */
@@ -564,6 +566,25 @@ struct mta_result {
 
 struct mta_req;
 typedef void (*mta_done_cb)(void *arg, struct mta_result *res);
+
+/* mta_cache.c (used by mta.c): parked connections, see there. */
+struct mta_conn {
+	int fd;                            /* owned when the bev is plain, else -1 */
+	struct bufferevent *bev;
+	struct ssl_st *ssl;                /* borrowed from a TLS bev */
+	unsigned ext;                      /* EHLO extensions */
+	uint64_t size_max;
+	bool tls, loopback;
+	char *tls_version;                 /* owned */
+	unsigned uses;                     /* transactions carried so far */
+};
+/* Parks c (ownership moves; *c is cleared) under key. */
+void mta_cache_put(struct event_base *base, const char *key, struct mta_conn *c);
+/* A parked connection for key, now the caller's (its callbacks unset). */
+bool mta_cache_take(struct event_base *base, const char *key, struct mta_conn *out);
+/* Closes the parked connections of base (NULL: all). */
+void mta_cache_clear(struct event_base *base);
+size_t mta_cache_count(void);
 
 /* NULL with errno EINVAL when p breaks a rule above: no address or
  * recipient, a missing string, a control octet in helo, sender, a

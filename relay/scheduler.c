@@ -582,7 +582,7 @@ static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list
 		.ret = (int)a->e->env.ret, .rcpts = rcpts, .notify = notify, .orcpt = orcpt, .nrcpts = a->n,
 		.aio = r->aio, .connect_timeout = r->p.connect_timeout, .cmd_timeout = r->p.cmd_timeout,
 		.data_timeout = r->p.data_timeout, .final_timeout = r->p.final_timeout,
-		.tls_required = r->p.tls_require,
+		.tls_required = r->p.tls_require, .reuse = true,
 	};
 	if (r->p.smarthost[0] != '\0') {
 		/* relay.smarthost_tls / smarthost_user (RFC 8314 §3.3, RFC 4954) */
@@ -970,6 +970,7 @@ void relay_free(struct relay **r_r)
 		free(d->domain);
 		free(d);
 	}
+	mta_cache_clear(r->base);
 	dns_free(&r->dns);
 	SSL_CTX_free(r->tls);
 	params_free(&r->p);

@@ -808,6 +808,47 @@ class RemoteHangs(RelayTestCase):
         self.assertEqual(len(a.queue_files()), 2 * len(qids))
 
 
+# ===================================================================== connection reuse
+
+class ConnectionReuse(RelayTestCase):
+    """A connection that delivered a message is parked for a few seconds and carries the
+    next message to the same host (RSET, then MAIL): no new connect/TLS/EHLO."""
+
+    def smtp_opens(self, b, since=0):
+        return [e for e in b.find_log("conn.open", since=since) if e.get("proto") == "smtp"]
+
+    def test_messages_in_a_row_share_one_connection(self):
+        b = self.server_b()
+        a = self.server_a(b.port("smtp"), hold=True, config={"relay": {"max_connections_per_domain": 1}})
+        c = self.login(a)
+        qids = [self.submit(a, [BOB], make_body(f"reuse {i}"), conn=c)[0] for i in range(3)]
+        c.quit()
+        self.assertEqual(a.stop(), 0)
+        a.write_config({"relay": {"hold": False}})
+        a.start()
+        got = self.wait_event(a, "relay.delivered", count=3, timeout=10)
+        self.assertEqual(sorted(e["msgid"] for e in got), sorted(qids))
+        self.assertTrue(all(e.get("tls") is True for e in got), got)
+        self.wait_queue_empty(a)
+        wait_until(lambda: len(b.message_files(BOB)) == 3, timeout=5, what="3 messages at B")
+        self.assertEqual(len(self.smtp_opens(b)), 1, "one connection for the three messages")
+        self.assertEqual(len(b.find_log("smtp.accept")), 3)
+
+    def test_a_parked_connection_closed_by_the_server_is_not_used(self):
+        b = self.server_b()
+        a = self.server_a(b.port("smtp"))
+        qid1, _ = self.submit(a, [BOB], make_body("first"))
+        self.wait_event(a, "relay.delivered", msgid=qid1, timeout=5)
+        b.restart()                  # the parked connection sees EOF and is dropped
+        since = b.log_size()
+        qid2, _ = self.submit(a, [BOB], make_body("second"))
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid2, timeout=5)
+        self.assertEqual(d.get("attempts"), 1, d)
+        self.assertEqual(len(self.smtp_opens(b, since=since)), 1)
+        self.assertEqual(a.find_log("relay.deferred"), [])
+        wait_until(lambda: len(b.message_files(BOB)) == 2, timeout=5, what="2 messages at B")
+
+
 # ===================================================================== smarthost
 
 class Smarthost(RelayTestCase):
@@ -1018,6 +1059,76 @@ class QueueAdmin(RelayTestCase):
         rc, out, err = self.queue(a, "delete", qid)
         self.assertEqual((rc, out.strip()), (0, f"{qid} deleted (no server running)"), err)
         self.assertEqual(a.queue_files(), [])
+
+
+# ===================================================================== disk full
+
+class DiskFull(RelayTestCase):
+    """The data dir on a small tmpfs, filled up: the queue state update of a deferral
+    fails with ENOSPC, the entry on disk stays as it was (readable, no .tmp left), a
+    new submission is refused 451 with nothing left behind, and once space is back the
+    entry is delivered exactly once. Needs root and mount(2); skipped otherwise."""
+
+    def mount_tmpfs(self, path, size="8m"):
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if r.returncode != 0:
+            self.skipTest(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+        self.addCleanup(lambda: subprocess.run(["umount", "-l", path], stderr=subprocess.DEVNULL))
+
+    @staticmethod
+    def fill(path):
+        """Write a filler file until the file system is full; returns its path."""
+        filler = os.path.join(path, "filler")
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for chunk in (65536, 4096, 512, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * chunk)
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        return filler
+
+    def test_queue_update_on_a_full_disk(self):
+        b = self.server_b(start=False)
+        a = self.server_a(b.port("smtp"), start=False, config={"relay": {"retry_initial": "1h", "retry_max": "1h"}})
+        self.mount_tmpfs(a.data_dir)
+        a.start()
+        content = make_body("survives a full disk")
+        qid, _ = self.submit(a, [BOB], content)
+        self.wait_event(a, "relay.deferred", msgid=qid, timeout=5)
+        wait_until(lambda: sorted(a.queue_files()) == [f"{qid}.env", f"{qid}.msg"], timeout=5, what="entry")
+        env_before, _ = a.queue_entry(qid)
+
+        filler = self.fill(a.data_dir)
+        since = a.log_size()
+        self.assertEqual(a.run_cli("queue", "-c", a.config_path, "flush").returncode, 0)
+        self.wait_event(a, "relay.deferred", msgid=qid, timeout=5, since=since)
+        a.wait_log("relay.queue_write_failed", since=since, timeout=5)
+        # the old state is intact and nothing half-written is left
+        self.assertEqual(sorted(a.queue_files()), [f"{qid}.env", f"{qid}.msg"])
+        env_now, _ = a.queue_entry(qid)
+        self.assertEqual(env_now, env_before)
+        r = a.run_cli("queue", "-c", a.config_path, "show", qid)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # a new message cannot be made durable: 451, and no trace of it
+        c = self.login(a)
+        rs = c.transaction(ALICE, [CAROL], make_body("no room", to=CAROL))
+        self.assertTrue(rs[-1].startswith("451 4.3.0 "), rs)
+        c.quit()
+        self.assertEqual(sorted(a.queue_files()), [f"{qid}.env", f"{qid}.msg"])
+        a.assert_alive()
+
+        os.unlink(filler)
+        b.start()
+        since = a.log_size()
+        self.assertEqual(a.run_cli("queue", "-c", a.config_path, "flush").returncode, 0)
+        self.wait_event(a, "relay.delivered", msgid=qid, timeout=5, since=since)
+        self.wait_queue_empty(a)
+        self.assertTrue(self.one_file(b, BOB).endswith(content))
 
 
 def stat_is_socket(mode):
