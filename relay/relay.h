@@ -386,7 +386,7 @@ struct relay_params {
 	char *data_dir;              /* for local delivery of DSNs */
 	char *hostname;              /* EHLO name, Reporting-MTA */
 	char *smarthost;             /* "" or a host name: every domain goes there */
-	char **dns_servers;          /* borrowed; "IP" or "IP@PORT" */
+	char **dns_servers;          /* "IP" or "IP@PORT" (relay_new copies them) */
 	size_t ndns_servers;
 	int dns_port;                /* 0 = 53 */
 	int port;                    /* remote SMTP port (25; tests use a local one) */
@@ -408,6 +408,10 @@ struct relay *relay_new(struct event_base *base, struct aio *aio, const struct r
 /* A new entry <id> was written by the SMTP server: load it and try it now. */
 void relay_submitted(struct relay *r, const char *id);
 size_t relay_queued(const struct relay *r);
+/* SIGHUP: later attempts use p (smarthost, limits, timeouts, hold, TLS policy...);
+ * attempts in progress finish as they began. The resolver settings and the queue
+ * directory are kept: false when p asks for other DNS servers (restart needed). */
+bool relay_reconfigure(struct relay *r, const struct relay_params *p);
 /* Administration (`postling queue`, through server/control.c). Every entry not
  * being delivered becomes due now; returns how many were waiting. */
 size_t relay_flush(struct relay *r);

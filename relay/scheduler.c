@@ -884,6 +884,44 @@ int relay_bounce(struct relay *r, const char *id)
 
 /* ---------------------------------------------------------------- API */
 
+static bool dns_params_equal(const struct relay_params *a, const struct relay_params *b)
+{
+	if (a->dns_port != b->dns_port || a->ndns_servers != b->ndns_servers)
+		return false;
+	for (size_t i = 0; i < a->ndns_servers; i++)
+		if (strcmp(a->dns_servers[i], b->dns_servers[i]) != 0)
+			return false;
+	return true;
+}
+
+static void params_free(struct relay_params *p);
+static void params_copy(struct relay_params *dst, const struct relay_params *src);
+
+bool relay_reconfigure(struct relay *r, const struct relay_params *p)
+{
+	bool dns_same = dns_params_equal(&r->p, p);
+	struct relay_params old = r->p;
+	params_copy(&r->p, p);
+	/* the resolver and the queue's place stay as they started: swap them back
+	 * (old then frees the new copies) */
+	char **servers = r->p.dns_servers, *qdir = r->p.queue_dir, *ddir = r->p.data_dir;
+	size_t nservers = r->p.ndns_servers;
+	r->p.dns_servers = old.dns_servers;
+	r->p.ndns_servers = old.ndns_servers;
+	r->p.dns_port = old.dns_port;
+	r->p.queue_dir = old.queue_dir;
+	r->p.data_dir = old.data_dir;
+	old.dns_servers = servers;
+	old.ndns_servers = nservers;
+	old.queue_dir = qdir;
+	old.data_dir = ddir;
+	params_free(&old);
+	/* parked connections were opened with the old settings (credentials, TLS) */
+	mta_cache_clear(r->base);
+	event_active(r->kick, EV_TIMEOUT, 0);
+	return dns_same;
+}
+
 static void params_copy(struct relay_params *dst, const struct relay_params *src)
 {
 	*dst = *src;
@@ -896,6 +934,10 @@ static void params_copy(struct relay_params *dst, const struct relay_params *src
 	if (dst->max_per_domain <= 0)
 		dst->max_per_domain = RELAY_MAX_PER_DOMAIN_DEFAULT;
 	dst->smarthost_user = xstrdup(src->smarthost_user ? src->smarthost_user : "");
+	/* owned: the server's config (which lent them) is replaced on SIGHUP */
+	dst->dns_servers = xcalloc(src->ndns_servers + 1, sizeof(char *));
+	for (size_t i = 0; i < src->ndns_servers; i++)
+		dst->dns_servers[i] = xstrdup(src->dns_servers[i]);
 	dst->smarthost_password = xstrdup(src->smarthost_password ? src->smarthost_password : "");
 }
 
@@ -906,6 +948,9 @@ static void params_free(struct relay_params *p)
 	free(p->hostname);
 	free(p->smarthost);
 	free(p->smarthost_user);
+	for (size_t i = 0; p->dns_servers != NULL && i < p->ndns_servers; i++)
+		free(p->dns_servers[i]);
+	free(p->dns_servers);
 	if (p->smarthost_password != NULL)
 		explicit_bzero(p->smarthost_password, strlen(p->smarthost_password));
 	free(p->smarthost_password);

@@ -163,6 +163,8 @@ static struct config *load_again(struct run_state *rs, char *err, size_t errlen)
 	return cfg_load(server->cfg->path, rs->overrides, rs->noverrides, err, errlen);
 }
 
+static void relay_start(const struct config *cfg, bool reconfigure);
+
 static void reload(struct run_state *rs)
 {
 	char err[1024] = "";
@@ -185,6 +187,7 @@ static void reload(struct run_state *rs)
 		log_msg(LL_ERROR, "config.reload", "cannot open log file '%s': %s (logging to the old one)",
 		    cfg->log.file, strerror(errno));
 	throttle_configure(server->throttle, cfg->auth.max_failures, cfg->auth.fail_window);
+	relay_start(cfg, true);
 	struct logline *l = log_begin(LL_INFO, "config.reload");
 	log_uint(l, "users", auth_count(auth));
 	log_end(l);
@@ -272,8 +275,9 @@ static char *local_account(void *arg, const char *addr)
 }
 
 /* The relay is not essential to receiving mail: if it cannot start (e.g. a
- * bad resolver setting) the server runs and logs why; queued mail waits. */
-static void relay_start(const struct config *cfg)
+ * bad resolver setting) the server runs and logs why; queued mail waits. On
+ * SIGHUP (reconfigure) the running relay takes the new settings. */
+static void relay_start(const struct config *cfg, bool reconfigure)
 {
 	char err[512] = "";
 	char *qdir = queue_dir_path(cfg->server.data_dir);
@@ -300,9 +304,14 @@ static void relay_start(const struct config *cfg)
 		.smarthost_user = cfg->relay.smarthost_user, .smarthost_password = cfg->relay.smarthost_password,
 		.local_account = local_account,
 	};
-	server->relay = relay_new(server->base, store_aio(server->store), &p, err, sizeof(err));
-	if (server->relay == NULL)
-		log_msg(LL_ERROR, "relay.start_failed", "%s (queued mail is kept, not sent)", err);
+	if (reconfigure && server->relay != NULL) {
+		if (!relay_reconfigure(server->relay, &p))
+			log_msg(LL_WARN, "config.reload", "relay.dns changes take effect at the next restart");
+	} else if (!reconfigure) {
+		server->relay = relay_new(server->base, store_aio(server->store), &p, err, sizeof(err));
+		if (server->relay == NULL)
+			log_msg(LL_ERROR, "relay.start_failed", "%s (queued mail is kept, not sent)", err);
+	}
 	free(smarthost);
 	free(qdir);
 }
@@ -338,7 +347,7 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 		return -1;
 	}
 	server->store = store_new(server->base, cfg->server.data_dir, cfg->server.hostname, 3);
-	relay_start(cfg);
+	relay_start(cfg, false);
 	server->control = control_open(cfg->server.data_dir);
 	return 0;
 }

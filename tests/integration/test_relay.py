@@ -1061,6 +1061,31 @@ class QueueAdmin(RelayTestCase):
         self.assertEqual(a.queue_files(), [])
 
 
+# ===================================================================== SIGHUP
+
+class Reload(RelayTestCase):
+    def test_sighup_changes_relay_settings(self):
+        # held mail, then a reload that releases it towards a smarthost: delivered
+        # without a restart; a relay.dns change is reported as needing one
+        b = self.server_b(users=(Smarthost.RCPT,), config={"domains": ["remote.example", "nxdomain.example"]})
+        a = self.server_a(free_port(), hold=True)
+        qid, _ = self.submit(a, [Smarthost.RCPT], make_body("released by SIGHUP", to=Smarthost.RCPT))
+        time.sleep(0.5)
+        self.assertEqual(a.find_log("relay.delivered") + a.find_log("relay.deferred"), [])
+        since = a.log_size()
+        a.write_config({"relay": {"hold": False, "smarthost": f"127.0.0.1:{b.port('smtp')}",
+                                  "dns": {"servers": ["127.0.0.2"]}}})
+        a.reload()
+        a.wait_log("config.reload", since=since, timeout=5)
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, timeout=5, since=since)
+        self.assertEqual(d.get("mx"), "127.0.0.1", d)
+        self.wait_queue_empty(a)
+        self.assertEqual(len(b.message_files(Smarthost.RCPT)), 1)
+        warn = [e for e in a.find_log("config.reload", since=since) if "restart" in e.get("msg", "")]
+        self.assertEqual(len(warn), 1, a.find_log("config.reload", since=since))
+        a.assert_alive()
+
+
 # ===================================================================== disk full
 
 class DiskFull(RelayTestCase):
