@@ -1,5 +1,5 @@
-/* dns.c: MX and address lookups for delivery over libunbound (design §6); the
- * API and its rules are in relay.h.
+/* dns.c: MX, address and TLSA lookups for delivery over libunbound (design
+ * §6, DANE: RFC 7672); the API and its rules are in relay.h.
  *
  * libunbound's event API (ub_resolve_event) hands the callback the raw answer
  * message, not a parsed ub_result, and unbound compresses the names in it. So
@@ -42,6 +42,7 @@
 #define T_CNAME 5
 #define T_MX 15
 #define T_AAAA 28
+#define T_TLSA 52                 /* RFC 6698 §7.1 */
 #define C_IN 1
 #define RCODE_NOERROR 0
 #define RCODE_SERVFAIL 2
@@ -52,6 +53,7 @@
 #define LABEL_MAX 63
 #define NAME_BUF 256              /* text of a wire name: at most 253 + NUL */
 #define CNAME_MAX 16              /* chain links followed inside one answer */
+#define TLSA_FIXED 3              /* usage, selector, matching type (RFC 6698 §2.1) */
 #define SEC_BOGUS 1               /* ub_resolve_event's sec argument */
 #define SEC_SECURE 2
 
@@ -464,6 +466,91 @@ void dns_addr_list_free(struct dns_addr_list **l_r)
 	*l_r = NULL;
 }
 
+/* ------------------------------------------------------------ TLSA */
+
+struct tlsa_ctx {
+	const char *owner;
+	struct dns_tlsa rr[DNS_TLSA_MAX];
+	size_t n;
+};
+
+/* RFC 6698 §2.1: one octet each for usage, selector and matching type, then
+ * the association data (at least one octet: an empty one matches nothing). */
+static int tlsa_rr(const struct msg *m, const struct rr *rr, void *ctx)
+{
+	struct tlsa_ctx *x = ctx;
+	if (rr->type != T_TLSA || strcmp(rr->owner, x->owner) != 0)
+		return 0;
+	if (rr->rdlen <= TLSA_FIXED)
+		return -1;
+	if (x->n == DNS_TLSA_MAX)
+		return 0;
+	const uint8_t *p = m->p + rr->rdoff;
+	struct dns_tlsa *t = &x->rr[x->n++];
+	t->usage = p[0];
+	t->selector = p[1];
+	t->mtype = p[2];
+	t->len = rr->rdlen - TLSA_FIXED;
+	t->data = xmalloc(t->len);
+	memcpy(t->data, p + TLSA_FIXED, t->len);
+	return 0;
+}
+
+enum dns_status dns_tlsa_parse(const void *pkt, size_t len, const char *name,
+    struct dns_tlsa_list **list_r)
+{
+	char qname[NAME_BUF], owner[NAME_BUF];
+	struct msg m;
+	*list_r = NULL;
+	enum dns_status st = msg_start(&m, pkt, len, name, T_TLSA, qname, owner);
+	if (st != DNS_OK)
+		return st;
+	struct tlsa_ctx *x = xcalloc(1, sizeof(*x));
+	x->owner = owner;
+	if (msg_answers(&m, tlsa_rr, x) < 0)
+		st = DNS_TEMPFAIL;
+	else if (x->n == 0)
+		st = DNS_NOADDR;
+	if (st == DNS_OK) {
+		struct dns_tlsa_list *l = xcalloc(1, sizeof(*l));
+		l->rr = xreallocarray(NULL, x->n, sizeof(*l->rr));
+		memcpy(l->rr, x->rr, x->n * sizeof(*l->rr));
+		l->n = x->n;
+		*list_r = l;
+	} else {
+		for (size_t i = 0; i < x->n; i++)
+			free(x->rr[i].data);
+	}
+	free(x);
+	return st;
+}
+
+void dns_tlsa_list_free(struct dns_tlsa_list **l_r)
+{
+	struct dns_tlsa_list *l = *l_r;
+	if (l == NULL)
+		return;
+	for (size_t i = 0; i < l->n; i++)
+		free(l->rr[i].data);
+	free(l->rr);
+	free(l);
+	*l_r = NULL;
+}
+
+bool dns_tlsa_usable(const struct dns_tlsa *t)
+{
+	if (t->usage != DNS_TLSA_USAGE_DANE_TA && t->usage != DNS_TLSA_USAGE_DANE_EE)
+		return false;
+	if (t->selector > 1)
+		return false;
+	switch (t->mtype) {
+	case 0: return t->len > 0;
+	case 1: return t->len == 32;
+	case 2: return t->len == 64;
+	default: return false;
+	}
+}
+
 const char *dns_strerror(enum dns_status status)
 {
 	switch (status) {
@@ -473,6 +560,7 @@ const char *dns_strerror(enum dns_status status)
 	case DNS_NXDOMAIN: return "domain does not exist";
 	case DNS_BADNAME: return "invalid domain name";
 	case DNS_TEMPFAIL: return "temporary DNS failure";
+	case DNS_BOGUS: return "DNSSEC validation failed (bogus answer)";
 	}
 	return "unknown DNS status";
 }
@@ -489,7 +577,7 @@ struct dns_sub {
 	struct dns_addr_list *addrs;  /* owned: this family's addresses */
 };
 
-enum req_kind { REQ_MX, REQ_ADDR };
+enum req_kind { REQ_MX, REQ_ADDR, REQ_TLSA };
 
 struct dns_req {
 	LIST_ENTRY(dns_req) link;     /* in d->reqs until the callback starts */
@@ -501,8 +589,10 @@ struct dns_req {
 	struct dns_sub sub[2];        /* MX: [0]; addresses: [0] AAAA, [1] A */
 	size_t nsub, running;
 	struct dns_mx_list *mx;       /* owned until handed to mx_cb */
+	struct dns_tlsa_list *tlsa;   /* owned until handed to tlsa_cb */
 	dns_mx_cb mx_cb;
 	dns_addr_cb addr_cb;
+	dns_tlsa_cb tlsa_cb;
 	void *arg;
 	bool in_cb;
 };
@@ -511,6 +601,7 @@ struct dns {
 	struct event_base *base;
 	struct ub_ctx *ctx;           /* owned */
 	unsigned timeout_ms;
+	bool validating;              /* a trust anchor was added */
 	LIST_HEAD(, dns_req) reqs;
 };
 
@@ -602,7 +693,13 @@ int dns_set_trust_anchor_file(struct dns *d, const char *path, char *err, size_t
 		set_err(err, errlen, "trust anchor %s: %s", path, ub_strerror(rc));
 		return -1;
 	}
+	d->validating = true;
 	return 0;
+}
+
+bool dns_validating(const struct dns *d)
+{
+	return d->validating;
 }
 
 void dns_set_timeout(struct dns *d, unsigned ms)
@@ -614,7 +711,7 @@ void dns_set_timeout(struct dns *d, unsigned ms)
 
 static const char *qtype_name(uint16_t qtype)
 {
-	return qtype == T_MX ? "MX" : qtype == T_A ? "A" : "AAAA";
+	return qtype == T_MX ? "MX" : qtype == T_A ? "A" : qtype == T_TLSA ? "TLSA" : "AAAA";
 }
 
 static void log_tempfail(const struct dns_req *r, uint16_t qtype, const char *why)
@@ -626,11 +723,22 @@ static void log_tempfail(const struct dns_req *r, uint16_t qtype, const char *wh
 	log_end(l);
 }
 
+static void log_bogus(const struct dns_req *r, uint16_t qtype, const char *why)
+{
+	struct logline *l = log_begin(LL_WARN, "dns.bogus");
+	log_str(l, "name", r->name);
+	log_str(l, "type", qtype_name(qtype));
+	log_str(l, "reason", why);
+	log_end(l);
+}
+
 static void sub_done(struct dns_sub *s, enum dns_status st, const char *why)
 {
 	struct dns_req *r = s->req;
 	if (st == DNS_TEMPFAIL && why != NULL)
 		log_tempfail(r, s->qtype, why);
+	else if (st == DNS_BOGUS)
+		log_bogus(r, s->qtype, why != NULL ? why : "DNSSEC bogus");
 	s->status = st;
 	s->running = false;
 	if (--r->running == 0)
@@ -662,11 +770,12 @@ static void sub_answer(void *arg, int rcode, void *pkt, int len, int sec, char *
 	} else if (rcode != RCODE_NOERROR || pkt == NULL || len < 0) {
 		sub_done(s, DNS_TEMPFAIL, rcode == RCODE_SERVFAIL ? "SERVFAIL" : "resolver error");
 	} else if (sec == SEC_BOGUS) {   /* RFC 4035 §5.5: bogus data is never used */
-		sub_done(s, DNS_TEMPFAIL, why_bogus != NULL ? why_bogus : "DNSSEC bogus");
+		sub_done(s, DNS_BOGUS, why_bogus);
 	} else {
 		s->secure = sec == SEC_SECURE;
 		enum dns_status st = r->kind == REQ_MX ?
-		    dns_mx_parse(pkt, (size_t)len, r->name, &r->mx) :
+		    dns_mx_parse(pkt, (size_t)len, r->name, &r->mx) : r->kind == REQ_TLSA ?
+		    dns_tlsa_parse(pkt, (size_t)len, r->name, &r->tlsa) :
 		    dns_addr_parse(pkt, (size_t)len, r->name, s->qtype, &s->addrs);
 		sub_done(s, st, answer_why(pkt, (size_t)len));
 	}
@@ -699,6 +808,7 @@ static void req_free(struct dns_req *r)
 {
 	event_free(r->ev);
 	dns_mx_list_free(&r->mx);
+	dns_tlsa_list_free(&r->tlsa);
 	for (size_t i = 0; i < r->nsub; i++)
 		dns_addr_list_free(&r->sub[i].addrs);
 	free(r);
@@ -713,6 +823,12 @@ static enum dns_status addr_status(struct dns_req *r, struct dns_addr_list **lis
 		addr_append(&l, v6->addrs->addrs, v6->addrs->n, v6->addrs->canon);
 	if (v4->addrs != NULL)
 		addr_append(&l, v4->addrs->addrs, v4->addrs->n, v4->addrs->canon);
+	/* RFC 7672 §2.2: a host whose addresses fail validation is not used,
+	 * even when the other family validated */
+	if (v6->status == DNS_BOGUS || v4->status == DNS_BOGUS) {
+		dns_addr_list_free(&l);
+		return DNS_BOGUS;
+	}
 	if (l != NULL) {
 		l->secure = v6->secure && v4->secure;
 		*list_r = l;
@@ -736,6 +852,13 @@ static void req_deliver(struct dns_req *r)
 			l->secure = r->sub[0].secure;
 		r->mx = NULL;
 		r->mx_cb(r->arg, st, l);
+	} else if (r->kind == REQ_TLSA) {
+		enum dns_status st = r->badname ? DNS_BADNAME : r->sub[0].status;
+		struct dns_tlsa_list *l = st == DNS_OK ? r->tlsa : NULL;
+		if (l != NULL)
+			l->secure = r->sub[0].secure;
+		r->tlsa = NULL;
+		r->tlsa_cb(r->arg, st, l);
 	} else {
 		struct dns_addr_list *l = NULL;
 		enum dns_status st = r->badname ? DNS_BADNAME : addr_status(r, &l);
@@ -810,6 +933,23 @@ struct dns_req *dns_resolve_addrs(struct dns *d, const char *host, dns_addr_cb c
 	struct dns_req *r = req_new(d, REQ_ADDR, arg);
 	r->addr_cb = cb;
 	return req_start(r, host, qtypes, 2);
+}
+
+struct dns_req *dns_resolve_tlsa(struct dns *d, const char *host, int port, dns_tlsa_cb cb,
+    void *arg)
+{
+	static const uint16_t qtypes[] = { T_TLSA };
+	char name[NAME_BUF + 16];
+	struct dns_req *r = req_new(d, REQ_TLSA, arg);
+	r->tlsa_cb = cb;
+	/* RFC 6698 §3: _<port>._tcp.<base domain>. A bad port gives "", a host
+	 * too long a name over 253 octets even when cut at the buffer's end:
+	 * both are refused by req_start (DNS_BADNAME). */
+	if (port < 1 || port > 65535)
+		snprintf(name, sizeof(name), "%s", "");
+	else
+		snprintf(name, sizeof(name), "_%d._tcp.%s", port, host);
+	return req_start(r, name, qtypes, 1);
 }
 
 void dns_cancel(struct dns_req **r_r)

@@ -12,6 +12,12 @@
  * free never run inside a bufferevent callback, and never from inside
  * mta_deliver.
  *
+ * DANE (RFC 7672, mta_params.dane): OpenSSL's own verifier matches the
+ * peer's chain against the TLSA records added to each SSL (SSL_dane_*). The
+ * shared client context keeps SSL_VERIFY_NONE, so the handshake completes
+ * either way and tls_ready() decides, with the verifier's own reason in the
+ * deferral text; nothing is sent but QUIT to a peer that did not match.
+ *
  * Ownership: the message file descriptor travels with the aio read in flight
  * (struct mta_chunk); when the session lets go of a read (cancel, lost
  * connection), the read's done() closes the descriptor and frees itself. */
@@ -107,7 +113,11 @@ struct mta_req {
 	char *mx_name, *helo, *auth_user, *auth_pass, *sender, *envid, *msg_path;
 	SSL_CTX *tls_ctx;
 	bool tls_required, implicit_tls, need_utf8, body_8bit;
-	bool reuse;                  /* mta_params.reuse */
+	bool reuse;                  /* mta_params.reuse (always false with DANE) */
+	bool dane;                   /* TLSA RRset validated: TLS required, 4.7.5 */
+	struct dns_tlsa *tlsa;       /* owned: the usable records (dns_tlsa_usable) */
+	size_t ntlsa;
+	bool dane_auth;              /* this connection's SSL has records to match */
 	bool no_cache;               /* a parked connection failed its RSET: connect afresh */
 	unsigned uses;               /* transactions this connection carried before */
 	int ret;
@@ -382,6 +392,19 @@ static void host_fail_local(struct mta_req *s, const char *enh, const char *fmt,
 	host_fail(s, MTA_TEMPFAIL, 0, enh, text, false);
 }
 
+/* host_fail_local, with QUIT first (the server is in a sane state). */
+static void host_fail_local_quit(struct mta_req *s, const char *enh, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void host_fail_local_quit(struct mta_req *s, const char *enh, const char *fmt, ...)
+{
+	char text[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	host_fail(s, MTA_TEMPFAIL, 0, enh, text, true);
+}
+
 /* A failure inside the transaction: final for whoever is still open. */
 static void txn_fail_local(struct mta_req *s, const char *enh, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -399,8 +422,8 @@ static void txn_fail_local(struct mta_req *s, const char *enh, const char *fmt, 
 static void tls_failed(struct mta_req *s, const char *why)
 {
 	if (s->tls_required) {
-		host_fail_local(s, "4.7.5", "TLS handshake with %s[%s] failed: %s", s->mx_name, s->ip,
-		    why);
+		host_fail_local(s, "4.7.5", "TLS handshake with %s[%s] failed%s: %s", s->mx_name, s->ip,
+		    s->dane ? " (DANE, RFC 7672: not sent in clear)" : "", why);
 		return;
 	}
 	end_conn(s, NEXT_PLAIN, false);   /* opportunistic: this address again, in clear */
@@ -595,6 +618,49 @@ static void bev_setup(struct mta_req *s)
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
+/* RFC 7672 §2.2 and §3: the TLSA records to match, if any is usable (none:
+ * TLS is mandatory but unauthenticated). mx_name is the TLSA base domain and
+ * the reference identifier for DANE-TA(2) (§3.2.2; the SNI is already set);
+ * DANE-EE(3) checks no name (§3.1.1). SSL_CTX_dane_enable only sets up the
+ * shared digest table, once: it changes nothing for non-DANE connections. */
+static int dane_setup(struct mta_req *s, SSL *ssl)
+{
+	size_t added = 0;
+	s->dane_auth = false;
+	if (s->ntlsa == 0)
+		return 0;
+	if (SSL_CTX_dane_enable(s->tls_ctx) <= 0 || SSL_dane_enable(ssl, s->mx_name) <= 0)
+		return -1;
+	SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+	for (size_t i = 0; i < s->ntlsa; i++) {
+		const struct dns_tlsa *t = &s->tlsa[i];
+		/* 0 is a record OpenSSL cannot use (e.g. a Full(0) record that does
+		 * not parse): skipped like any unusable one (RFC 7671 §4.1) */
+		if (SSL_dane_tlsa_add(ssl, t->usage, t->selector, t->mtype, t->data, t->len) > 0)
+			added++;
+	}
+	ERR_clear_error();
+	s->dane_auth = added > 0;
+	return 0;
+}
+
+/* After the handshake: the DANE verdict. OK when there is nothing to match
+ * or a record matched (SSL_get0_dane_authority >= 0) with a verified chain. */
+static bool dane_check(struct mta_req *s)
+{
+	if (!s->dane_auth)
+		return true;
+	long v = SSL_get_verify_result(s->ssl);
+	if (v == X509_V_OK && SSL_get0_dane_authority(s->ssl, NULL, NULL) >= 0) {
+		s->res->dane = true;
+		return true;
+	}
+	host_fail_local_quit(s, "4.7.5", "DANE: the certificate of %s[%s] matches none of its %zu TLSA "
+	    "record%s (%s)", s->mx_name, s->ip, s->ntlsa, s->ntlsa == 1 ? "" : "s",
+	    v != X509_V_OK ? X509_verify_cert_error_string(v) : "no match");
+	return false;
+}
+
 /* Nothing may follow the 220 (it would be a reply injected in clear and
  * read as if protected, cf. CVE-2011-0411): a failed STARTTLS like any
  * other. The plain bev goes, the descriptor stays. */
@@ -606,6 +672,11 @@ static void tls_wrap(struct mta_req *s)
 		return;
 	}
 	set_sni(s, ssl);
+	if (s->dane && dane_setup(s, ssl) < 0) {
+		SSL_free(ssl);
+		tls_failed(s, "cannot enable DANE (OpenSSL)");
+		return;
+	}
 	bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 	bufferevent_free(s->bev);
 	s->bev = bufferevent_openssl_socket_new(s->base, s->fd, ssl, BUFFEREVENT_SSL_CONNECTING,
@@ -637,6 +708,8 @@ static void tls_ready(struct mta_req *s)
 	free(s->res->tls_version);
 	s->res->tls_version = xstrdup(SSL_get_version(s->ssl));
 	s->res->tls = true;
+	if (s->dane && !dane_check(s))
+		return;
 	if (s->implicit_tls) {   /* RFC 8314 §3.3: the greeting comes over TLS */
 		mta_enter(s, MTA_S_GREETING);
 		arm(s, s->t_cmd);
@@ -843,6 +916,9 @@ static void after_ehlo(struct mta_req *s)
 		send_cmd(s, "STARTTLS");
 		mta_enter(s, MTA_S_STARTTLS);
 		arm(s, s->t_cmd);
+	} else if (!s->res->tls && s->dane) {
+		host_fail_local_quit(s, "4.7.5", "%s[%s] offers no STARTTLS but has DANE TLSA records "
+		    "(RFC 7672 §2.2): not sent in clear", s->mx_name, s->ip);
 	} else if (!s->res->tls && s->tls_required) {
 		host_fail(s, MTA_TEMPFAIL, 0, "4.7.10", "TLS is required but not available", true);
 	} else if (s->auth_user != NULL) {
@@ -1169,6 +1245,7 @@ static void conn_open(struct mta_req *s)
 	free(s->res->remote_ip);
 	s->res->remote_ip = xstrdup(s->ip);
 	s->res->tls = false;
+	s->res->dane = false;
 	free(s->res->tls_version);
 	s->res->tls_version = NULL;
 	s->ext = 0;
@@ -1260,7 +1337,9 @@ static bool params_ok(const struct event_base *base, const struct mta_params *p,
 	if (base == NULL || p == NULL || cb == NULL || p->aio == NULL || p->naddrs == 0
 	    || p->addrs == NULL || p->nrcpts == 0 || p->rcpts == NULL || p->msg_path == NULL
 	    || p->port < 0 || p->port > 65535 || !str_ok(p->helo, false) || p->helo[0] == '\0'
-	    || !str_ok(p->sender, true) || ((p->tls_required || p->implicit_tls) && p->tls == NULL)
+	    || !str_ok(p->sender, true)
+	    || ((p->tls_required || p->implicit_tls || p->dane) && p->tls == NULL)
+	    || (p->ntlsa > 0 && p->tlsa == NULL)
 	    || (p->auth_user == NULL) != (p->auth_pass == NULL)
 	    || (p->envid != NULL && !str_ok(p->envid, true))
 	    || (p->mx_name != NULL && !str_ok(p->mx_name, false)))
@@ -1273,6 +1352,19 @@ static bool params_ok(const struct event_base *base, const struct mta_params *p,
 		    || (p->orcpt != NULL && !str_ok(p->orcpt[i], true)))
 			return false;
 	return true;
+}
+
+static void copy_tlsa(struct mta_req *s, const struct dns_tlsa *t, size_t n)
+{
+	s->tlsa = xcalloc(n > 0 ? n : 1, sizeof(*s->tlsa));
+	for (size_t i = 0; i < n; i++) {
+		if (!dns_tlsa_usable(&t[i]))
+			continue;
+		struct dns_tlsa *c = &s->tlsa[s->ntlsa++];
+		*c = t[i];
+		c->data = xmalloc(t[i].len);
+		memcpy(c->data, t[i].data, t[i].len);
+	}
 }
 
 static void copy_params(struct mta_req *s, const struct mta_params *p)
@@ -1290,9 +1382,13 @@ static void copy_params(struct mta_req *s, const struct mta_params *p)
 		s->auth_pass = xstrdup(p->auth_pass);
 	}
 	s->tls_ctx = p->tls;
-	s->tls_required = p->tls_required || p->implicit_tls;
+	s->tls_required = p->tls_required || p->implicit_tls || p->dane;
 	s->implicit_tls = p->implicit_tls;
-	s->reuse = p->reuse;
+	/* a parked connection was verified (or not) against other records */
+	s->reuse = p->reuse && !p->dane;
+	s->dane = p->dane;
+	if (p->dane)
+		copy_tlsa(s, p->tlsa, p->ntlsa);
 	s->body_8bit = p->body_8bit;
 	s->ret = p->ret;
 	s->nrcpts = p->nrcpts;
@@ -1388,6 +1484,9 @@ void mta_cancel(struct mta_req **r_r)
 	free(s->envid);
 	free(s->msg_path);
 	free(s->hf_text);
+	for (size_t i = 0; i < s->ntlsa; i++)
+		free(s->tlsa[i].data);
+	free(s->tlsa);
 	free(s);
 }
 

@@ -199,8 +199,11 @@ enum dns_status {
 	DNS_NULL_MX,      /* mx: RFC 7505 null MX: the domain takes no mail (5.1.10) */
 	DNS_NXDOMAIN,     /* RCODE 3 (RFC 1035 §4.1.1, RFC 8020): permanent */
 	DNS_BADNAME,      /* not a hostname that can be looked up: permanent */
-	DNS_TEMPFAIL,     /* SERVFAIL, REFUSED, timeout, DNSSEC bogus, malformed answer,
+	DNS_TEMPFAIL,     /* SERVFAIL, REFUSED, timeout, malformed answer,
 	                     unusable MX names, resolver error: defer */
+	DNS_BOGUS,        /* DNSSEC validation failed (RFC 4035 §5.5, only with a trust
+	                     anchor): never used; callers treat it as DNS_TEMPFAIL, and
+	                     for DANE the host as unusable (RFC 7672 §2.2) */
 };
 
 #define DNS_MX_MAX 64             /* MX records used; more are ignored */
@@ -230,8 +233,27 @@ struct dns_addr_list {
 	bool secure;                  /* both answers DNSSEC-validated (RFC 7672 §2.2) */
 };
 
+/* TLSA (RFC 6698 §2.1): certificate usage, selector, matching type, data. */
+#define DNS_TLSA_MAX 32               /* records used; more are ignored */
+#define DNS_TLSA_USAGE_DANE_TA 2      /* RFC 7218 acronyms */
+#define DNS_TLSA_USAGE_DANE_EE 3
+
+struct dns_tlsa {
+	uint8_t usage, selector, mtype;
+	uint8_t *data;                /* owned, len octets (len >= 1) */
+	size_t len;
+};
+
+struct dns_tlsa_list {
+	struct dns_tlsa *rr;          /* owned, n >= 1 entries in answer order, usable or not */
+	size_t n;
+	bool secure;                  /* DNSSEC-validated: only then is DANE applicable
+	                                 (RFC 7672 §2.2) */
+};
+
 typedef void (*dns_mx_cb)(void *arg, enum dns_status status, struct dns_mx_list *list);
 typedef void (*dns_addr_cb)(void *arg, enum dns_status status, struct dns_addr_list *list);
+typedef void (*dns_tlsa_cb)(void *arg, enum dns_status status, struct dns_tlsa_list *list);
 
 /* servers: nservers entries "IP" or "IP@PORT" (IPv4 or IPv6); port (1..65535)
  * applies to those without "@", 0 meaning 53. nservers 0: the nameservers of
@@ -259,12 +281,26 @@ struct dns_req *dns_resolve_mx(struct dns *d, const char *domain, dns_mx_cb cb, 
  * an address (the other may have failed), else DNS_TEMPFAIL if either failed
  * temporarily, DNS_NXDOMAIN if both said so, else DNS_NOADDR. Never NULL. */
 struct dns_req *dns_resolve_addrs(struct dns *d, const char *host, dns_addr_cb cb, void *arg);
+/* TLSA of _<port>._tcp.<host> (RFC 6698 §3, RFC 7672 §2.2.3): DNS_OK
+ * (list, secure or not), DNS_NOADDR (the name exists without TLSA: NODATA),
+ * DNS_NXDOMAIN, DNS_BADNAME, DNS_BOGUS, DNS_TEMPFAIL. Both "no records"
+ * answers mean no DANE. port 1..65535. Never NULL. */
+struct dns_req *dns_resolve_tlsa(struct dns *d, const char *host, int port, dns_tlsa_cb cb,
+    void *arg);
 /* No callback after this; NULLs *r_r. NULL *r_r is fine. */
 void dns_cancel(struct dns_req **r_r);
+/* A trust anchor was set: secure flags and DNS_BOGUS can happen. */
+bool dns_validating(const struct dns *d);
 
 const char *dns_strerror(enum dns_status status);
 void dns_mx_list_free(struct dns_mx_list **l_r);
 void dns_addr_list_free(struct dns_addr_list **l_r);
+void dns_tlsa_list_free(struct dns_tlsa_list **l_r);
+/* RFC 7672 §3.1.3 and §3.1: usable for SMTP are DANE-TA(2) and DANE-EE(3)
+ * with selector Cert(0) or SPKI(1) and matching type Full(0) (some data),
+ * SHA2-256(1) (32 octets) or SHA2-512(2) (64 octets). PKIX-TA(0) and
+ * PKIX-EE(1) are not: an MTA has no agreed set of CAs. */
+bool dns_tlsa_usable(const struct dns_tlsa *t);
 
 /* Pure, for tests and fuzzing: one answer message (RFC 1035 §4.1) to the
  * question <name, qtype IN> interpreted as the resolve calls above do.
@@ -277,6 +313,11 @@ enum dns_status dns_mx_parse(const void *pkt, size_t len, const char *domain,
     struct dns_mx_list **list_r);
 enum dns_status dns_addr_parse(const void *pkt, size_t len, const char *host, int qtype,
     struct dns_addr_list **list_r);
+/* dns_tlsa_parse: name is the owner asked ("_25._tcp.mx.example"); DNS_OK
+ * with *list_r (secure false) when the answer holds TLSA records, NODATA is
+ * DNS_NOADDR; a TLSA RDATA under 4 octets is malformed (DNS_TEMPFAIL). */
+enum dns_status dns_tlsa_parse(const void *pkt, size_t len, const char *name,
+    struct dns_tlsa_list **list_r);
 
 /* --------------------------------------------------------------- bounce.c */
 
@@ -389,6 +430,13 @@ struct relay_params {
 	char **dns_servers;          /* "IP" or "IP@PORT" (relay_new copies them) */
 	size_t ndns_servers;
 	int dns_port;                /* 0 = 53 */
+	/* "" or NULL: no DNSSEC validation. Else a DS/DNSKEY file for
+	 * ub_ctx_add_ta_file: answers are validated, bogus ones never used, and
+	 * an MX host with secure addresses and a secure TLSA RRset at
+	 * _<port>._tcp.<host> gets DANE (RFC 7672; mta_params.dane); a host
+	 * whose addresses or TLSA lookup are bogus, or whose TLSA lookup fails,
+	 * is skipped (4.7.5). Not for the smarthost. */
+	char *dns_trust_anchor;
 	int port;                    /* remote SMTP port (25; tests use a local one) */
 	uint64_t retry_initial, retry_max, warn_after, max_queue_time;   /* seconds */
 	int connect_timeout, cmd_timeout, data_timeout, final_timeout;    /* seconds (RFC 5321 §4.5.3.2) */
@@ -527,6 +575,18 @@ struct mta_params {
 	                                    * park this one after the transaction (mta_cache.c) */
 	bool implicit_tls;                 /* TLS handshake right after connect (RFC 8314 §3.3);
 	                                    * needs tls, implies tls_required */
+	/* DANE (RFC 7672 §2.2): this host has a DNSSEC-validated TLSA RRset.
+	 * Implies tls_required, failures 4.7.5 (no STARTTLS offered or
+	 * accepted, handshake failed, certificate matches no record); no
+	 * connection is taken from or left in the cache. With usable records
+	 * (dns_tlsa_usable; the others are dropped) the peer must match one
+	 * through OpenSSL's DANE (SSL_dane_enable with mx_name as the TLSA base
+	 * domain and reference identifier, DANE-EE without name checks, RFC
+	 * 7672 §3.1.1); with none, TLS is still required but not authenticated
+	 * (§2.2). Needs tls; tlsa is copied. */
+	bool dane;
+	const struct dns_tlsa *tlsa;
+	size_t ntlsa;
 	const char *auth_user, *auth_pass; /* both or neither */
 	const char *sender;                /* "" = null reverse-path */
 	bool smtputf8, body_8bit;          /* what the message needs */
@@ -563,6 +623,7 @@ struct mta_result {
 	char *remote_host;                 /* owned: mx_name (or the IP) */
 	char *remote_ip;                   /* owned: last address tried, "" if none */
 	bool tls;
+	bool dane;                         /* the peer was authenticated by a TLSA record */
 	char *tls_version;                 /* owned, NULL without TLS */
 	struct mta_rcpt_result *rcpts;     /* owned, in p->rcpts order */
 	size_t nrcpts;
@@ -593,7 +654,7 @@ size_t mta_cache_count(void);
 /* NULL with errno EINVAL when p breaks a rule above: no address or
  * recipient, a missing string, a control octet in helo, sender, a
  * recipient, envid or orcpt (no command injection), a space in helo,
- * tls_required or implicit_tls without tls, auth_user without auth_pass, no aio. */
+ * tls_required, implicit_tls or dane without tls, auth_user without auth_pass, no aio. */
 struct mta_req *mta_deliver(struct event_base *base, const struct mta_params *p, mta_done_cb cb,
     void *arg);
 void mta_cancel(struct mta_req **r_r);

@@ -2,7 +2,9 @@
  * the entries loaded from <data_dir>/queue; an entry whose next attempt is due
  * is delivered domain by domain: MX lookup (dns.c), addresses of each MX in
  * preference order, one SMTP client connection (mta.c) carrying all of that
- * domain's recipients. Results update the envelope atomically (queue.c); 4xx
+ * domain's recipients. With a trust anchor, an MX host whose addresses
+ * validated gets a TLSA lookup first (DANE, RFC 7672 §2.2). Results update
+ * the envelope atomically (queue.c); 4xx
  * are retried with exponential backoff, 5xx and expiry are bounced (bounce.c)
  * to the sender; a delay notice goes out once after warn_after. Everything
  * blocking (reading and writing queue files, local delivery of bounces) runs
@@ -47,6 +49,8 @@ struct attempt {
 	size_t mx_next;              /* next MX to try */
 	char *last_error;            /* why the last MX failed (for deferral text) */
 	char *last_mx, *last_ip;     /* the host that failed last, for the logs */
+	struct dns_addr_list *addrs; /* owned: the current MX's addresses while its TLSA
+	                                lookup runs */
 	struct dns_req *dreq;
 	struct mta_req *mreq;
 };
@@ -101,7 +105,7 @@ static void dsn_code(const struct queue_rcpt *q, char out[16])
 }
 
 static void log_rcpt(const struct rentry *e, const struct queue_rcpt *q, const char *event,
-    const char *mx, const char *ip, bool tls)
+    const char *mx, const char *ip, bool tls, bool dane)
 {
 	char dsn[16];
 	dsn_code(q, dsn);
@@ -112,6 +116,7 @@ static void log_rcpt(const struct rentry *e, const struct queue_rcpt *q, const c
 	log_str(l, "mx", mx);
 	log_str(l, "ip", ip);
 	log_bool(l, "tls", tls);
+	log_bool(l, "dane", dane);   /* the MX was authenticated by its TLSA records */
 	log_uint(l, "attempts", q->attempts);
 	log_str(l, "dsn", dsn);
 	log_str(l, "reply", q->last_reply);
@@ -451,7 +456,7 @@ static void round_done(struct rentry *e)
 			    (unsigned long long)r->p.max_queue_time);
 			set_rcpt(q, Q_FAILED, why, q->remote_mta);
 			free(why);
-			log_rcpt(e, q, "relay.bounced", q->remote_mta, NULL, false);
+			log_rcpt(e, q, "relay.bounced", q->remote_mta, NULL, false, false);
 		}
 		open |= rcpt_open(q);
 		failed |= q->state == Q_FAILED;
@@ -491,6 +496,7 @@ static void attempt_free(struct attempt **a_r)
 	dns_cancel(&a->dreq);
 	mta_cancel(&a->mreq);
 	dns_mx_list_free(&a->mx);
+	dns_addr_list_free(&a->addrs);
 	free(a->domain);
 	free(a->idx);
 	free(a->last_error);
@@ -508,7 +514,7 @@ static void domain_all(struct attempt *a, enum queue_rcpt_state st, const char *
 		q->attempts++;
 		set_rcpt(q, st, reply, a->last_mx);
 		log_rcpt(a->e, q, st == Q_FAILED ? "relay.bounced" : "relay.deferred", a->last_mx, a->last_ip,
-		    false);
+		    false, false);
 	}
 	struct rentry *e = a->e;
 	attempt_free(&e->cur);
@@ -546,7 +552,7 @@ static void mta_done(void *arg, struct mta_result *res)
 		q->attempts++;
 		set_rcpt(q, st, rr->reply, res->remote_host);
 		log_rcpt(a->e, q, st == Q_DELIVERED ? "relay.delivered" : st == Q_FAILED ? "relay.bounced"
-		    : "relay.deferred", res->remote_host, res->remote_ip, res->tls);
+		    : "relay.deferred", res->remote_host, res->remote_ip, res->tls, res->dane);
 	}
 	mta_result_free(&res);
 	struct rentry *e = a->e;
@@ -554,16 +560,20 @@ static void mta_done(void *arg, struct mta_result *res)
 	next_domain(e);
 }
 
-static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list)
+/* Why this MX is skipped (the deferral text if no other MX does better). */
+static void mx_skip(struct attempt *a, char *why)
 {
-	struct attempt *a = arg;
-	a->dreq = NULL;
-	if (st != DNS_OK) {
-		free(a->last_error);
-		a->last_error = xasprintf("4.4.4 %s: %s", a->mx->mx[a->mx_next - 1].name, dns_strerror(st));
-		try_mx(a);
-		return;
-	}
+	free(a->last_error);
+	a->last_error = why;
+	free(a->last_mx);
+	a->last_mx = xstrdup(a->mx->mx[a->mx_next - 1].name);
+	try_mx(a);
+}
+
+/* One SMTP client connection to the current MX host. tlsa: NULL, or its
+ * validated TLSA RRset (DANE; its records may all be unusable). Takes list. */
+static void deliver(struct attempt *a, struct dns_addr_list *list, const struct dns_tlsa_list *tlsa)
+{
 	struct relay *r = a->e->r;
 	const char **rcpts = xcalloc(a->n, sizeof(char *));
 	const char **orcpt = xcalloc(a->n, sizeof(char *));
@@ -583,6 +593,8 @@ static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list
 		.aio = r->aio, .connect_timeout = r->p.connect_timeout, .cmd_timeout = r->p.cmd_timeout,
 		.data_timeout = r->p.data_timeout, .final_timeout = r->p.final_timeout,
 		.tls_required = r->p.tls_require, .reuse = true,
+		.dane = tlsa != NULL, .tlsa = tlsa != NULL ? tlsa->rr : NULL,
+		.ntlsa = tlsa != NULL ? tlsa->n : 0,
 	};
 	if (r->p.smarthost[0] != '\0') {
 		/* relay.smarthost_tls / smarthost_user (RFC 8314 §3.3, RFC 4954) */
@@ -603,6 +615,70 @@ static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list
 	free(orcpt);
 	free(notify);
 	dns_addr_list_free(&list);
+}
+
+static void log_tlsa(const struct attempt *a, enum dns_status st, const struct dns_tlsa_list *l)
+{
+	size_t usable = 0;
+	for (size_t i = 0; l != NULL && i < l->n; i++)
+		usable += dns_tlsa_usable(&l->rr[i]);
+	struct logline *ll = log_begin(LL_DEBUG, "relay.tlsa");
+	log_str(ll, "msgid", a->e->env.id);
+	log_str(ll, "mx", a->mx->mx[a->mx_next - 1].name);
+	log_str(ll, "status", st == DNS_OK ? "ok" : st == DNS_NOADDR || st == DNS_NXDOMAIN ? "none"
+	    : st == DNS_BOGUS ? "bogus" : dns_strerror(st));
+	log_bool(ll, "secure", l != NULL && l->secure);
+	log_uint(ll, "records", l != NULL ? l->n : 0);
+	log_uint(ll, "usable", usable);
+	log_end(ll);
+}
+
+/* RFC 7672 §2.2: a secure TLSA RRset means DANE; an insecure one or none
+ * (NODATA, NXDOMAIN) the usual opportunistic TLS; anything else (bogus,
+ * SERVFAIL, timeout) leaves it unknown whether DANE applies, so this host
+ * is not used: the next MX, or a deferral. */
+static void tlsa_done(void *arg, enum dns_status st, struct dns_tlsa_list *list)
+{
+	struct attempt *a = arg;
+	struct dns_addr_list *addrs = a->addrs;
+	const char *host = a->mx->mx[a->mx_next - 1].name;
+	a->dreq = NULL;
+	a->addrs = NULL;
+	log_tlsa(a, st, list);
+	if (st == DNS_OK || st == DNS_NOADDR || st == DNS_NXDOMAIN || st == DNS_BADNAME) {
+		deliver(a, addrs, list != NULL && list->secure ? list : NULL);
+		dns_tlsa_list_free(&list);
+		return;
+	}
+	dns_addr_list_free(&addrs);
+	mx_skip(a, xasprintf("4.7.5 %s: the TLSA lookup for DANE failed (%s): not delivering without "
+	    "knowing whether DANE applies (RFC 7672 §2.2)", host, dns_strerror(st)));
+}
+
+static void addrs_done(void *arg, enum dns_status st, struct dns_addr_list *list)
+{
+	struct attempt *a = arg;
+	struct relay *r = a->e->r;
+	const char *host = a->mx->mx[a->mx_next - 1].name;
+	a->dreq = NULL;
+	if (st == DNS_BOGUS) {
+		mx_skip(a, xasprintf("4.7.5 %s: its address records fail DNSSEC validation", host));
+		return;
+	}
+	if (st != DNS_OK) {
+		free(a->last_error);
+		a->last_error = xasprintf("4.4.4 %s: %s", host, dns_strerror(st));
+		try_mx(a);
+		return;
+	}
+	/* RFC 7672 §2.2.2: TLSA only for a host whose addresses validated (the
+	 * MX RRset itself may be insecure, §2.2.1); the smarthost is not an MX */
+	if (list->secure && dns_validating(r->dns) && r->p.smarthost[0] == '\0') {
+		a->addrs = list;
+		a->dreq = dns_resolve_tlsa(r->dns, host, r->p.port, tlsa_done, a);
+		return;
+	}
+	deliver(a, list, NULL);
 }
 
 /* A smarthost written as an address (RFC 5321 §4.1.3 literal, or bare) */
@@ -651,7 +727,7 @@ static void try_mx(struct attempt *a)
 	}
 	struct dns_addr_list *lit = ip_literal(host);
 	if (lit != NULL) {
-		addrs_done(a, DNS_OK, lit);      /* "[192.0.2.1]" or a bare IP: no lookup */
+		deliver(a, lit, NULL);           /* "[192.0.2.1]" or a bare IP: no lookup */
 		return;
 	}
 	a->dreq = dns_resolve_addrs(a->e->r->dns, host, addrs_done, a);
@@ -873,7 +949,7 @@ int relay_bounce(struct relay *r, const char *id)
 			continue;
 		set_rcpt(q, Q_FAILED, "5.0.0 delivery cancelled by the postmaster (postling queue bounce)",
 		    q->remote_mta);
-		log_rcpt(e, q, "relay.bounced", q->remote_mta, NULL, false);
+		log_rcpt(e, q, "relay.bounced", q->remote_mta, NULL, false, false);
 	}
 	/* the end of a round sends the failure DSN and removes the entry */
 	e->busy = true;
@@ -886,7 +962,8 @@ int relay_bounce(struct relay *r, const char *id)
 
 static bool dns_params_equal(const struct relay_params *a, const struct relay_params *b)
 {
-	if (a->dns_port != b->dns_port || a->ndns_servers != b->ndns_servers)
+	if (a->dns_port != b->dns_port || a->ndns_servers != b->ndns_servers
+	    || strcmp(a->dns_trust_anchor, b->dns_trust_anchor != NULL ? b->dns_trust_anchor : "") != 0)
 		return false;
 	for (size_t i = 0; i < a->ndns_servers; i++)
 		if (strcmp(a->dns_servers[i], b->dns_servers[i]) != 0)
@@ -909,6 +986,8 @@ bool relay_reconfigure(struct relay *r, const struct relay_params *p)
 	r->p.dns_servers = old.dns_servers;
 	r->p.ndns_servers = old.ndns_servers;
 	r->p.dns_port = old.dns_port;
+	free(r->p.dns_trust_anchor);
+	r->p.dns_trust_anchor = xstrdup(old.dns_trust_anchor);
 	r->p.queue_dir = old.queue_dir;
 	r->p.data_dir = old.data_dir;
 	old.dns_servers = servers;
@@ -929,6 +1008,7 @@ static void params_copy(struct relay_params *dst, const struct relay_params *src
 	dst->data_dir = xstrdup(src->data_dir);
 	dst->hostname = xstrdup(src->hostname);
 	dst->smarthost = xstrdup(src->smarthost ? src->smarthost : "");
+	dst->dns_trust_anchor = xstrdup(src->dns_trust_anchor ? src->dns_trust_anchor : "");
 	if (dst->max_active <= 0)
 		dst->max_active = RELAY_MAX_ACTIVE_DEFAULT;
 	if (dst->max_per_domain <= 0)
@@ -947,6 +1027,7 @@ static void params_free(struct relay_params *p)
 	free(p->data_dir);
 	free(p->hostname);
 	free(p->smarthost);
+	free(p->dns_trust_anchor);
 	free(p->smarthost_user);
 	for (size_t i = 0; p->dns_servers != NULL && i < p->ndns_servers; i++)
 		free(p->dns_servers[i]);
@@ -964,6 +1045,9 @@ struct relay *relay_new(struct event_base *base, struct aio *aio, const struct r
 	r->base = base;
 	r->aio = aio;
 	r->dns = dns_new(base, (const char *const *)p->dns_servers, p->ndns_servers, p->dns_port, err, errlen);
+	if (r->dns != NULL && r->p.dns_trust_anchor[0] != '\0'
+	    && dns_set_trust_anchor_file(r->dns, r->p.dns_trust_anchor, err, errlen) < 0)
+		dns_free(&r->dns);
 	if (r->dns == NULL) {
 		params_free(&r->p);
 		free(r);

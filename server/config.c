@@ -663,6 +663,13 @@ static int check_key_file(struct ctx *c, yaml_node_t *v, char **s_r)
 	return check_readable(c, v, *s_r, "key");
 }
 
+/* relay.dns.trust_anchor: "" (no DNSSEC validation, no DANE) or a readable
+ * file of DS or DNSKEY records, e.g. /usr/share/dns/root.key (dns-root-data). */
+static int check_trust_anchor(struct ctx *c, yaml_node_t *v, char **s_r)
+{
+	return **s_r == '\0' ? 0 : check_readable(c, v, *s_r, "trust anchor");
+}
+
 /* A users file that does not exist yet counts as empty (`postling user add`
  * creates it); one that exists must be readable. */
 static int check_users_file(struct ctx *c, yaml_node_t *v, char **s_r)
@@ -864,6 +871,7 @@ static const struct key smtp_keys[] = {
 static const struct key dns_keys[] = {
 	K("servers", key_strlist, OFF(relay.dns_servers), .noff = OFF(relay.ndns_servers), .check = check_ip),
 	K("port", key_int, OFF(relay.dns_port), .min = 1, .max = 65535),
+	K("trust_anchor", key_str, OFF(relay.dns_trust_anchor), .check = check_trust_anchor),
 	{ .name = NULL },
 };
 static const struct key relay_keys[] = {

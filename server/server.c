@@ -292,6 +292,7 @@ static void relay_start(const struct config *cfg, bool reconfigure)
 		.queue_dir = qdir, .data_dir = cfg->server.data_dir, .hostname = cfg->server.hostname,
 		.smarthost = smarthost, .dns_servers = cfg->relay.dns_servers,
 		.ndns_servers = cfg->relay.ndns_servers, .dns_port = cfg->relay.dns_port,
+		.dns_trust_anchor = cfg->relay.dns_trust_anchor,
 		.port = port, .retry_initial = cfg->relay.retry_initial,
 		.retry_max = cfg->relay.retry_max, .warn_after = cfg->relay.warn_after,
 		.max_queue_time = cfg->relay.max_queue_time, .hold = cfg->relay.hold,

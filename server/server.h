@@ -127,6 +127,7 @@ struct config {
 		char **dns_servers;
 		size_t ndns_servers;
 		int dns_port;
+		char *dns_trust_anchor;  /* "" or a DS/DNSKEY file: DNSSEC validation, DANE (RFC 7672) */
 		int port;
 		uint64_t retry_initial, retry_max, warn_after, max_queue_time; /* seconds */
 		bool hold;               /* true: keep queued mail, attempt no delivery (maintenance, tests) */

@@ -1,6 +1,6 @@
 /* test_dns.c: relay/dns.c.
  *
- * The message parser (dns_mx_parse, dns_addr_parse) is fed crafted answers:
+ * The message parser (dns_mx_parse, dns_addr_parse, dns_tlsa_parse) is fed crafted answers:
  * compressed names, every truncated prefix (each in an exact-size heap block,
  * so a sanitizer build sees any over-read), compression loops, bad lengths.
  *
@@ -9,7 +9,10 @@
  * the names under .example below and refuses everything else, and libunbound
  * forwards to it alone, so no query leaves the machine. Without dnsmasq those
  * tests are skipped with a message. Silent and closed resolvers are UDP
- * ports on 127.0.0.1 that the test holds or has just released. */
+ * ports on 127.0.0.1 that the test holds or has just released. DNSSEC: with
+ * a trust anchor for example. that dnsmasq (which signs nothing) cannot
+ * satisfy, every answer under .example is bogus (DNS_BOGUS); without one,
+ * nothing is secure. Secure answers need a signed zone: test_dane.py. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -42,6 +45,7 @@
 #define T_MX 15
 #define T_TXT 16
 #define T_AAAA 28
+#define T_TLSA 52
 
 /* ------------------------------------------------------------ packets */
 
@@ -136,6 +140,18 @@ static void pmx(struct pkt *p, unsigned pref, const char *exchange)
 static enum dns_status mx_parse(const struct pkt *p, const char *domain, struct dns_mx_list **l)
 {
 	return dns_mx_parse(p->b, p->n, domain, l);
+}
+
+/* TLSA RR owned by the qname (pointer 12): usage, selector, mtype, data */
+static void ptlsa(struct pkt *p, unsigned u, unsigned sel, unsigned mt, const uint8_t *data, size_t n)
+{
+	p16(p, 0xc00c);
+	size_t at = prr(p, T_TLSA);
+	p8(p, u);
+	p8(p, sel);
+	p8(p, mt);
+	pbytes(p, data, n);
+	pend(p, at);
 }
 
 /* ------------------------------------------------------------ parser */
@@ -509,12 +525,128 @@ static void test_parse_addresses(void **state)
 	assert_null(l);
 }
 
+static const uint8_t sha256_a[32] = { 0xaa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+	17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 0xff };
+
+static void test_parse_tlsa_records(void **state)
+{
+	(void)state;
+	struct pkt p;
+	struct dns_tlsa_list *l = NULL;
+	const uint8_t full[3] = { 0x30, 0x82, 0x01 };
+	pstart(&p, 0, 3, "_25._tcp.mx.example", T_TLSA);
+	ptlsa(&p, 3, 1, 1, sha256_a, sizeof(sha256_a));
+	ptlsa(&p, 2, 0, 0, full, sizeof(full));
+	/* another owner's record (glue-like junk) is not ours */
+	pname(&p, "_25._tcp.other.example");
+	size_t at = prr(&p, T_TLSA);
+	p8(&p, 3);
+	p8(&p, 1);
+	p8(&p, 1);
+	pbytes(&p, sha256_a, sizeof(sha256_a));
+	pend(&p, at);
+	assert_int_equal(dns_tlsa_parse(p.b, p.n, "_25._TCP.MX.example.", &l), DNS_OK);
+	assert_non_null(l);
+	assert_false(l->secure);   /* the parser knows nothing of DNSSEC */
+	assert_int_equal(l->n, 2);
+	assert_int_equal(l->rr[0].usage, 3);
+	assert_int_equal(l->rr[0].selector, 1);
+	assert_int_equal(l->rr[0].mtype, 1);
+	assert_int_equal(l->rr[0].len, 32);
+	assert_memory_equal(l->rr[0].data, sha256_a, 32);
+	assert_int_equal(l->rr[1].usage, 2);
+	assert_int_equal(l->rr[1].mtype, 0);
+	assert_int_equal(l->rr[1].len, 3);
+	assert_memory_equal(l->rr[1].data, full, 3);
+	dns_tlsa_list_free(&l);
+	assert_null(l);
+}
+
+/* NODATA, NXDOMAIN, an RDATA of 3 octets (no data) and every truncation */
+static void test_parse_tlsa_errors(void **state)
+{
+	(void)state;
+	struct pkt p;
+	struct dns_tlsa_list *l = NULL;
+	pstart(&p, 0, 0, "_25._tcp.mx.example", T_TLSA);
+	assert_int_equal(dns_tlsa_parse(p.b, p.n, "_25._tcp.mx.example", &l), DNS_NOADDR);
+	assert_null(l);
+	pstart(&p, 3, 0, "_25._tcp.mx.example", T_TLSA);
+	assert_int_equal(dns_tlsa_parse(p.b, p.n, "_25._tcp.mx.example", &l), DNS_NXDOMAIN);
+	pstart(&p, 0, 1, "_25._tcp.mx.example", T_TLSA);
+	ptlsa(&p, 3, 1, 1, NULL, 0);
+	assert_int_equal(dns_tlsa_parse(p.b, p.n, "_25._tcp.mx.example", &l), DNS_TEMPFAIL);
+	assert_null(l);
+	/* asked as MX: the question does not match */
+	pstart(&p, 0, 1, "_25._tcp.mx.example", T_MX);
+	assert_int_equal(dns_tlsa_parse(p.b, p.n, "_25._tcp.mx.example", &l), DNS_TEMPFAIL);
+	assert_int_equal(dns_tlsa_parse(p.b, p.n, "bad name!", &l), DNS_BADNAME);
+
+	pstart(&p, 0, 2, "_25._tcp.mx.example", T_TLSA);
+	ptlsa(&p, 3, 1, 1, sha256_a, sizeof(sha256_a));
+	ptlsa(&p, 3, 0, 1, sha256_a, sizeof(sha256_a));
+	for (size_t len = 0; len < p.n; len++) {
+		uint8_t *copy = xmalloc(len + 1);   /* exact size for the sanitizers */
+		memcpy(copy, p.b, len);
+		assert_int_equal(dns_tlsa_parse(copy, len, "_25._tcp.mx.example", &l), DNS_TEMPFAIL);
+		assert_null(l);
+		free(copy);
+	}
+}
+
+/* more than DNS_TLSA_MAX records: the first DNS_TLSA_MAX are kept */
+static void test_parse_tlsa_cap(void **state)
+{
+	(void)state;
+	struct pkt p;
+	struct dns_tlsa_list *l = NULL;
+	pstart(&p, 0, DNS_TLSA_MAX + 5, "_25._tcp.mx.example", T_TLSA);
+	for (unsigned i = 0; i < DNS_TLSA_MAX + 5; i++) {
+		uint8_t d = (uint8_t)i;
+		ptlsa(&p, 3, 1, 0, &d, 1);
+	}
+	assert_int_equal(dns_tlsa_parse(p.b, p.n, "_25._tcp.mx.example", &l), DNS_OK);
+	assert_int_equal(l->n, DNS_TLSA_MAX);
+	assert_int_equal(l->rr[DNS_TLSA_MAX - 1].data[0], DNS_TLSA_MAX - 1);
+	dns_tlsa_list_free(&l);
+}
+
+/* RFC 7672 §3.1.3: PKIX-TA(0) and PKIX-EE(1) are unusable for SMTP; digest
+ * lengths must fit the matching type */
+static void test_tlsa_usable(void **state)
+{
+	(void)state;
+	uint8_t d64[64] = { 0 };
+	uint8_t d32[32] = { 0 };
+	const struct {
+		struct dns_tlsa t;
+		bool usable;
+	} cases[] = {
+		{ { 3, 1, 1, d32, 32 }, true },
+		{ { 3, 0, 1, d32, 32 }, true },
+		{ { 2, 0, 1, d32, 32 }, true },
+		{ { 2, 1, 2, d64, 64 }, true },
+		{ { 3, 1, 0, d32, 1 }, true },
+		{ { 0, 0, 1, d32, 32 }, false },
+		{ { 1, 1, 1, d32, 32 }, false },
+		{ { 4, 1, 1, d32, 32 }, false },
+		{ { 3, 2, 1, d32, 32 }, false },
+		{ { 3, 1, 3, d32, 32 }, false },
+		{ { 3, 1, 1, d32, 31 }, false },
+		{ { 3, 1, 1, d64, 64 }, false },
+		{ { 3, 1, 2, d32, 32 }, false },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		assert_int_equal(dns_tlsa_usable(&cases[i].t), cases[i].usable);
+}
+
 static void test_strerror(void **state)
 {
 	(void)state;
 	assert_string_equal(dns_strerror(DNS_OK), "ok");
 	assert_string_equal(dns_strerror(DNS_NULL_MX), "domain does not accept mail (null MX)");
 	assert_string_equal(dns_strerror(DNS_TEMPFAIL), "temporary DNS failure");
+	assert_string_equal(dns_strerror(DNS_BOGUS), "DNSSEC validation failed (bogus answer)");
 	assert_string_equal(dns_strerror((enum dns_status)99), "unknown DNS status");
 }
 
@@ -534,6 +666,9 @@ static const char *const zone[] = {
 	"--host-record=nomx.example,127.0.0.6",
 	"--cname=alias.example,b.example",
 	"--txt-record=txtonly.example,no addresses here",
+	/* TLSA 3 1 1 <aa 01 .. 1e ff> and 0 0 1 (PKIX-TA: unusable for SMTP) */
+	"--dns-rr=_25._tcp.b.example,52,030101aa0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1eff",
+	"--dns-rr=_25._tcp.b.example,52,000001aa0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1eff",
 };
 
 static struct {
@@ -679,6 +814,7 @@ struct res {
 	enum dns_status st;
 	struct dns_mx_list *mx;
 	struct dns_addr_list *addrs;
+	struct dns_tlsa_list *tlsa;
 	struct dns_req **cancel_in_cb;    /* dns_cancel on it inside the callback */
 };
 
@@ -763,10 +899,20 @@ static void on_addr(void *arg, enum dns_status st, struct dns_addr_list *l)
 	r->addrs = l;
 }
 
+static void on_tlsa(void *arg, enum dns_status st, struct dns_tlsa_list *l)
+{
+	struct res *r = arg;
+	r->calls++;
+	r->st = st;
+	dns_tlsa_list_free(&r->tlsa);
+	r->tlsa = l;
+}
+
 static void res_clear(struct res *r)
 {
 	dns_mx_list_free(&r->mx);
 	dns_addr_list_free(&r->addrs);
+	dns_tlsa_list_free(&r->tlsa);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -799,6 +945,16 @@ static void resolve_addrs(struct fx *fx, const char *host, struct res *r)
 {
 	res_clear(r);
 	struct dns_req *q = dns_resolve_addrs(fx->d, host, on_addr, r);
+	assert_non_null(q);
+	assert_int_equal(r->calls, 0);
+	run_until(fx, &r->calls, 1, 5000);
+	assert_int_equal(r->calls, 1);
+}
+
+static void resolve_tlsa(struct fx *fx, const char *host, int port, struct res *r)
+{
+	res_clear(r);
+	struct dns_req *q = dns_resolve_tlsa(fx->d, host, port, on_tlsa, r);
 	assert_non_null(q);
 	assert_int_equal(r->calls, 0);
 	run_until(fx, &r->calls, 1, 5000);
@@ -1226,6 +1382,73 @@ static void test_trust_anchor_file_must_exist(void **state)
 	assert_string_equal(err, "trust anchor /nonexistent/root.key: not readable");
 }
 
+/* _25._tcp.b.example: both records, answer order, insecure without a trust anchor */
+static void test_tlsa_lookup(void **state)
+{
+	struct fx *fx = need_server(state);
+	struct res r = { 0 };
+	assert_false(dns_validating(fx->d));
+	resolve_tlsa(fx, "B.example.", 25, &r);
+	assert_int_equal(r.st, DNS_OK);
+	assert_int_equal(r.tlsa->n, 2);
+	assert_false(r.tlsa->secure);
+	size_t usable = 0;
+	for (size_t i = 0; i < r.tlsa->n; i++) {
+		assert_int_equal(r.tlsa->rr[i].len, 32);
+		assert_memory_equal(r.tlsa->rr[i].data, sha256_a, 32);
+		usable += dns_tlsa_usable(&r.tlsa->rr[i]);
+	}
+	assert_int_equal(usable, 1);
+	/* the name exists (dnsmasq --local: NODATA or NXDOMAIN), no TLSA: no DANE */
+	resolve_tlsa(fx, "c.example", 25, &r);
+	assert_true(r.st == DNS_NOADDR || r.st == DNS_NXDOMAIN);
+	assert_null(r.tlsa);
+	resolve_tlsa(fx, "b.example", 587, &r);
+	assert_true(r.st == DNS_NOADDR || r.st == DNS_NXDOMAIN);
+	/* no port, or a name that the prefix makes too long */
+	resolve_tlsa(fx, "b.example", 0, &r);
+	assert_int_equal(r.st, DNS_BADNAME);
+	char longname[300];
+	memset(longname, 'a', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	for (size_t i = 60; i < sizeof(longname) - 1; i += 61)
+		longname[i] = '.';
+	resolve_tlsa(fx, longname + 300 - 250, 25, &r);
+	assert_int_equal(r.st, DNS_BADNAME);
+	res_clear(&r);
+}
+
+/* A trust anchor for example. that nothing below satisfies (dnsmasq has no
+ * DNSKEY or signatures): MX, addresses and TLSA are all DNS_BOGUS, never
+ * DNS_OK (RFC 4035 §5.5: bogus data is not used). */
+static void test_bogus_with_trust_anchor(void **state)
+{
+	struct fx *fx = need_server(state);
+	struct res r = { 0 };
+	char path[128], err[256] = "";
+	snprintf(path, sizeof(path), "%s/example.ds", srv.dir);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	fprintf(f, "example. 3600 IN DS 12345 13 2 "
+	    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n");
+	fclose(f);
+	assert_int_equal(dns_set_trust_anchor_file(fx->d, path, err, sizeof(err)), 0);
+	assert_true(dns_validating(fx->d));
+	log_set_level(LL_ERROR);   /* the expected dns.bogus warnings */
+	resolve_mx(fx, "mx.example", &r);
+	assert_int_equal(r.st, DNS_BOGUS);
+	assert_null(r.mx);
+	resolve_addrs(fx, "b.example", &r);
+	assert_int_equal(r.st, DNS_BOGUS);
+	assert_null(r.addrs);
+	resolve_tlsa(fx, "b.example", 25, &r);
+	assert_int_equal(r.st, DNS_BOGUS);
+	assert_null(r.tlsa);
+	log_set_level(LL_WARN);
+	res_clear(&r);
+	unlink(path);
+}
+
 int main(void)
 {
 #define T(f) cmocka_unit_test_setup_teardown(f, fx_setup, fx_teardown)
@@ -1244,6 +1467,10 @@ int main(void)
 		cmocka_unit_test(test_parse_unusable_exchange),
 		cmocka_unit_test(test_parse_duplicates_and_cap),
 		cmocka_unit_test(test_parse_addresses),
+		cmocka_unit_test(test_parse_tlsa_records),
+		cmocka_unit_test(test_parse_tlsa_errors),
+		cmocka_unit_test(test_parse_tlsa_cap),
+		cmocka_unit_test(test_tlsa_usable),
 		cmocka_unit_test(test_strerror),
 		T(test_mx_sorted_by_preference),
 		T(test_mx_equal_preference_randomised),
@@ -1268,6 +1495,8 @@ int main(void)
 		T(test_bad_names),
 		T(test_new_rejects_bad_servers),
 		T(test_trust_anchor_file_must_exist),
+		T(test_tlsa_lookup),
+		T(test_bogus_with_trust_anchor),
 	};
 	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, group_setup, group_teardown);
