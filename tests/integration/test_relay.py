@@ -492,6 +492,51 @@ class EndToEnd(RelayTestCase):
 
 # ===================================================================== 2, 3, 7. bounces, dots
 
+class EndToEndImapDkim(RelayTestCase):
+    """The issue's whole path: alice at A submits to bob at B; A signs with DKIM
+    (ed25519 + rsa) and relays over TLS; bob reads the message over IMAPS at B; both
+    signatures verify with dkimpy against the TXT records `postling dns-records` prints."""
+
+    def test_signed_mail_read_over_imap_verifies(self):
+        import imaplib
+        import test_dkim
+        if not test_dkim.have_dkimpy():
+            self.skipTest("python3-dkim / python3-nacl not installed (./dev test installs them)")
+        keydir = tempfile.mkdtemp(prefix="postling-e2e-dkim-")
+        self.addCleanup(shutil.rmtree, keydir, True)
+        keys = [{"domain": "example.org", "selector": "ed",
+                 "key": test_dkim.make_key(os.path.join(keydir, "ed.pem"), "ed25519")},
+                {"domain": "example.org", "selector": "rsa",
+                 "key": test_dkim.make_key(os.path.join(keydir, "rsa.pem"), "rsa")}]
+        b = Server(name="relayB", users={BOB: PW}, listeners=("smtp", "imaps"),
+                   config={"server": {"hostname": B_HOST}, "domains": ["remote.example"]})
+        self._servers.append(b)
+        b.start()
+        a = self.server_a(b.port("smtp"), config={"dkim": keys})
+        content = make_body("signed, relayed, read over IMAP")
+        qid, _tls = self.submit(a, [BOB], content)
+        [d] = self.wait_event(a, "relay.delivered", msgid=qid, timeout=5)
+        self.assertIs(d.get("tls"), True, d)
+
+        imap = imaplib.IMAP4_SSL("127.0.0.1", b.port("imaps"), ssl_context=Server.ssl_context())
+        self.addCleanup(imap.logout)
+        self.assertEqual(imap.login(BOB, PW)[0], "OK")
+        typ, data = imap.select("INBOX")
+        self.assertEqual((typ, data), ("OK", [b"1"]))
+        typ, data = imap.fetch("1", "(BODY.PEEK[])")
+        self.assertEqual(typ, "OK")
+        msg = data[0][1]
+        self.assertTrue(msg.endswith(content), msg[-200:])
+
+        p = a.run_cli("dns-records", "-c", a.config_path)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        records = {name: test_dkim.txt_value(rdata)
+                   for name, rtype, rdata in test_dkim.parse_zone(p.stdout.decode())
+                   if rtype == "TXT" and "._domainkey." in name}
+        self.assertEqual(sorted(records), ["ed._domainkey.example.org", "rsa._domainkey.example.org"])
+        self.assertEqual(test_dkim.dkim_verify(msg, records), [True, True])
+
+
 class Bounces(RelayTestCase):
     def test_550_from_the_remote_bounces_to_the_local_sender(self):
         b = self.server_b()
