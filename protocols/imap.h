@@ -50,8 +50,11 @@ struct imap_command {
 	unsigned flags;              /* IMAP_CF_* */
 };
 
-/* My own flag bit next to the MF_* ones in struct imap_msg.flags: \Recent (rev1). */
+/* The session's own flag bit next to the MF_* ones in struct imap_msg.flags:
+ * \Recent (rev1), which the store does not keep per message. */
 #define IMAP_F_RECENT (1u << 16)
+/* The store's flags (store.h MF_*) that IMAP shows */
+#define IMAP_MF_MASK 0x3fu
 
 /* One message as this session told its client about it (the message map). The
  * array is in sequence order, which is uid order. */
@@ -104,7 +107,6 @@ struct imap_session {
 	struct store_watch *watch;
 	char *mbox_name;             /* UTF-8 */
 	bool readonly;               /* EXAMINE */
-	bool changed;                /* the watcher fired since the last update */
 	struct imap_msg *msgs;
 	size_t nmsgs, msgs_cap;
 	size_t nkeywords_sent;       /* keywords listed in the last FLAGS response */
@@ -144,10 +146,23 @@ void imap_end(struct imap_session *s, const char *reason);
 void imap_set_ctx(struct imap_session *s, void *ctx, void (*free_fn)(void *));
 /* The "IMAP4rev1 IMAP4rev2 ..." list for CAPABILITY and [CAPABILITY] */
 void imap_capabilities(struct imap_session *s, struct buf *out);
+/* TLS, or loopback counted as local, or auth.allow_plaintext */
+bool imap_plaintext_ok(struct imap_session *s);
 /* APPENDLIMIT in bytes */
 uint64_t imap_append_limit(void);
 /* An unlinked temp file under <data_dir>/tmp for APPEND data, or -1 (logged) */
 int imap_tmpfile(void);
+
+/* ---------------------------------------------------------------- imap_auth.c */
+
+void imap_cmd_login(struct imap_session *s, const struct imap_arg *args);
+void imap_cmd_authenticate(struct imap_session *s, const struct imap_arg *args);
+void imap_cmd_starttls(struct imap_session *s, const struct imap_arg *args);
+/* A client line while AUTHENTICATE waits for a response */
+void imap_sasl_line(struct imap_session *s, const char *line, size_t len);
+void imap_sasl_abort(struct imap_session *s, const char *why);
+/* Gives back the per-user session slot */
+void imap_release_user(struct imap_session *s);
 
 /* ---------------------------------------------------------------- imap_cmd_mailbox.c */
 
@@ -165,7 +180,6 @@ void imap_cmd_select(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_examine(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_close(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_unselect(struct imap_session *s, const struct imap_arg *args);
-void imap_cmd_check(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_create(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_delete(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_rename(struct imap_session *s, const struct imap_arg *args);
@@ -175,6 +189,9 @@ void imap_cmd_list(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_lsub(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_namespace(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_status(struct imap_session *s, const struct imap_arg *args);
+
+/* ---------------------------------------------------------------- imap_cmd_append.c */
+
 void imap_cmd_append(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_getquota(struct imap_session *s, const struct imap_arg *args);
 void imap_cmd_getquotaroot(struct imap_session *s, const struct imap_arg *args);

@@ -1,21 +1,17 @@
 /* imap_cmd_mailbox.c: IMAP commands on mailboxes: SELECT, EXAMINE, UNSELECT
- * (RFC 3691), CHECK, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (RFC 5258
+ * (RFC 3691), CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST (RFC 5258
  * LIST-EXTENDED, RFC 5819 LIST-STATUS, RFC 6154 SPECIAL-USE, RFC 3348 CHILDREN),
- * LSUB, NAMESPACE (RFC 2342), STATUS, APPEND (RFC 7889 APPENDLIMIT, RFC 4315
- * APPENDUID) and GETQUOTA / GETQUOTAROOT (RFC 9208), plus mailbox name coding:
- * modified UTF-7 for rev1 clients, UTF-8 after ENABLE IMAP4rev2 / UTF8=ACCEPT. */
+ * LSUB, NAMESPACE (RFC 2342) and STATUS, plus mailbox name coding: modified
+ * UTF-7 for rev1 clients, UTF-8 after ENABLE IMAP4rev2 / UTF8=ACCEPT. APPEND and
+ * the QUOTA commands are in imap_cmd_append.c. */
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "common/buf.h"
 #include "common/log.h"
 #include "common/mutf7.h"
-#include "common/util.h"
 #include "common/xmalloc.h"
 #include "protocols/imap.h"
 #include "protocols/mime.h"
@@ -23,6 +19,7 @@
 #include "store/store.h"
 
 #define LIST_MAX_PATTERNS 32
+#define LIST_MAX_PATTERN 1024       /* octets; encoded names are far shorter */
 #define STATUS_OUT_MAX (64 * 1024)
 
 /* ---------------------------------------------------------------- names */
@@ -76,10 +73,23 @@ void imap_mailbox_out(struct imap_session *s, struct buf *out, const char *name)
 	bool atom = b.len > 0 && strcasecmp(v, "NIL") != 0;
 	for (size_t i = 0; i < b.len && atom; i++)
 		atom = astring_char((unsigned char)v[i]);
-	if (atom)
+	/* UTF-8 goes into quoted strings after ENABLE (RFC 9051 §4.3, RFC 6855 §3) */
+	bool quoted = !atom;
+	for (size_t i = 0; i < b.len && quoted; i++)
+		quoted = (unsigned char)v[i] >= 0x20 && v[i] != 0x7f && (s->utf8 || (unsigned char)v[i] < 0x80);
+	if (atom) {
 		buf_append(out, v, b.len);
-	else
+	} else if (quoted) {
+		buf_appendc(out, '"');
+		for (size_t i = 0; i < b.len; i++) {
+			if (v[i] == '"' || v[i] == '\\')
+				buf_appendc(out, '\\');
+			buf_appendc(out, v[i]);
+		}
+		buf_appendc(out, '"');
+	} else {
 		mime_imap_nstring(out, v, b.len, false);
+	}
 	buf_free(&b);
 }
 
@@ -228,12 +238,6 @@ void imap_cmd_unselect(struct imap_session *s, const struct imap_arg *args)
 	}
 	imap_unselect(s);
 	imap_tagged(s, "OK", "UNSELECT completed");
-}
-
-void imap_cmd_check(struct imap_session *s, const struct imap_arg *args)
-{
-	(void)args;
-	imap_tagged(s, "OK", "CHECK completed");   /* every change is durable already */
 }
 
 /* ---------------------------------------------------------------- CREATE ... */
@@ -419,7 +423,6 @@ static void status_line(struct imap_session *s, const char *name, unsigned bits,
 	buf_appends(&b, "* STATUS ");
 	imap_mailbox_out(s, &b, name);
 	buf_appends(&b, " (");
-	size_t mark = b.len;
 	const char *sp = "";
 #define ITEM(bit, fmt, val) \
 	if (bits & (bit)) { buf_printf(&b, "%s" fmt, sp, val); sp = " "; }
@@ -431,7 +434,6 @@ static void status_line(struct imap_session *s, const char *name, unsigned bits,
 	ITEM(ST_SIZE, "SIZE %llu", (unsigned long long)st->size);
 	ITEM(ST_RECENT, "RECENT %u", st->recent);
 #undef ITEM
-	(void)mark;
 	buf_appends(&b, ")\r\n");
 	imap_write(s, b.data, b.len);
 	buf_free(&b);
@@ -513,27 +515,35 @@ static void list_ctx_free(void *p)
 	free(c);
 }
 
-/* RFC 9051 §6.3.9: "*" matches anything, "%" anything but the delimiter.
- * Iterative with one backtrack point per wildcard kind is not enough for "%",
- * so this is the classic recursive matcher with bounded depth (names <= 255
- * octets after encoding growth, patterns <= 64 KiB but wildcards are capped). */
-static bool wild_match(const char *p, const char *n, int depth)
+/* RFC 9051 §6.3.9: "*" matches anything, "%" anything but the delimiter "/".
+ * Dynamic programming over the name (no backtracking, so a pattern full of
+ * wildcards costs O(pattern x name), never exponential time on the reactor):
+ * row[j] tells whether the pattern so far matches the first j octets. */
+static bool wild_match(const char *pat, const char *name)
 {
-	if (depth > 64)
+	size_t n = strlen(name), plen = strlen(pat);
+	if (plen > LIST_MAX_PATTERN)
 		return false;
-	for (; *p; p++, n++) {
-		if (*p == '*' || *p == '%') {
-			for (const char *k = n;; k++) {
-				if (wild_match(p + 1, k, depth + 1))
-					return true;
-				if (*k == '\0' || (*p == '%' && *k == '/'))
-					return false;
-			}
+	bool *row = xcalloc(n + 1, sizeof(bool)), *next = xcalloc(n + 1, sizeof(bool));
+	row[0] = true;
+	for (const char *p = pat; *p; p++) {
+		next[0] = (*p == '*' || *p == '%') && row[0];
+		for (size_t j = 1; j <= n; j++) {
+			if (*p == '*')
+				next[j] = row[j] || next[j - 1];
+			else if (*p == '%')
+				next[j] = row[j] || (next[j - 1] && name[j - 1] != '/');
+			else
+				next[j] = row[j - 1] && name[j - 1] == *p;
 		}
-		if (*n != *p)
-			return false;
+		bool *t = row;
+		row = next;
+		next = t;
 	}
-	return *n == '\0';
+	bool ok = row[n];
+	free(row);
+	free(next);
+	return ok;
 }
 
 static bool list_matches(struct imap_session *s, struct list_ctx *c, const char *name)
@@ -546,12 +556,26 @@ static bool list_matches(struct imap_session *s, struct list_ctx *c, const char 
 	}
 	bool ok = false;
 	for (size_t i = 0; i < c->npatterns && !ok; i++)
-		ok = wild_match(c->patterns[i], b.data ? b.data : "", 0);
+		ok = wild_match(c->patterns[i], b.data ? b.data : "");
 	buf_free(&b);
 	return ok;
 }
 
-static void list_line(struct imap_session *s, struct list_ctx *c, const struct store_folder_info *f)
+/* RFC 5258 §3.5 (RECURSIVEMATCH): does some mailbox below f match the selection
+ * (SUBSCRIBED, the only selection option it applies to here)? */
+static bool subscribed_child(const struct list_ctx *c, const struct store_folder_info *f)
+{
+	size_t n = strlen(f->name);
+	for (size_t i = 0; i < c->nfolders; i++) {
+		const struct store_folder_info *k = &c->folders[i];
+		if (k->subscribed && strncmp(k->name, f->name, n) == 0 && k->name[n] == '/')
+			return true;
+	}
+	return false;
+}
+
+static void list_line(struct imap_session *s, struct list_ctx *c, const struct store_folder_info *f,
+    bool childinfo)
 {
 	struct buf b;
 	buf_init(&b, STATUS_OUT_MAX);
@@ -569,6 +593,8 @@ static void list_line(struct imap_session *s, struct list_ctx *c, const struct s
 #undef ATTR
 	buf_appends(&b, ") \"/\" ");
 	imap_mailbox_out(s, &b, f->name);
+	if (childinfo)
+		buf_appends(&b, " (\"CHILDINFO\" (\"SUBSCRIBED\"))");
 	buf_appends(&b, "\r\n");
 	imap_write(s, b.data, b.len);
 	buf_free(&b);
@@ -587,9 +613,10 @@ static void list_status_done(void *arg, int error, const struct store_status *st
 	list_next(s);
 }
 
-static bool list_selected(struct imap_session *s, struct list_ctx *c, const struct store_folder_info *f)
+static bool list_selected(struct imap_session *s, struct list_ctx *c, const struct store_folder_info *f,
+    bool childinfo)
 {
-	if ((c->opts & LS_SUBSCRIBED) && !f->subscribed)
+	if ((c->opts & LS_SUBSCRIBED) && !f->subscribed && !childinfo)
 		return false;
 	if (!(c->opts & LS_SUBSCRIBED) && !f->exists)
 		return false;
@@ -605,9 +632,10 @@ static void list_next(struct imap_session *s)
 	struct list_ctx *c = s->cmd_ctx;
 	for (; c->next < c->nfolders && !s->closed; c->next++) {
 		const struct store_folder_info *f = &c->folders[c->next];
-		if (!list_selected(s, c, f))
+		bool childinfo = (c->opts & LS_RECURSIVE) && subscribed_child(c, f);
+		if (!list_selected(s, c, f, childinfo))
 			continue;
-		list_line(s, c, f);
+		list_line(s, c, f, childinfo);
 		if (c->status_bits != 0 && f->exists) {
 			imap_set_busy(s, true);
 			s->req = store_folder_status(server->store, s->user, f->name, list_status_done, s);
@@ -746,258 +774,4 @@ void imap_cmd_list(struct imap_session *s, const struct imap_arg *args)
 void imap_cmd_lsub(struct imap_session *s, const struct imap_arg *args)
 {
 	list_start(s, args, true);
-}
-
-/* ---------------------------------------------------------------- quota */
-
-struct quota_ctx {
-	char *name;                  /* GETQUOTAROOT's mailbox, NULL for GETQUOTA */
-};
-
-static void quota_ctx_free(void *p)
-{
-	struct quota_ctx *c = p;
-	free(c->name);
-	free(c);
-}
-
-static uint64_t user_quota(struct imap_session *s)
-{
-	const struct account *a = auth_find(server->auth, s->user);
-	return a != NULL ? a->quota : 0;
-}
-
-static void quota_done(void *arg, int error, uint64_t bytes, uint64_t messages)
-{
-	struct imap_session *s = arg;
-	struct quota_ctx *c = s->cmd_ctx;
-	(void)messages;
-	s->req = NULL;
-	if (error != 0) {
-		imap_tagged(s, "NO", "[SERVERBUG] Cannot compute the usage");
-		return;
-	}
-	uint64_t q = user_quota(s);
-	if (c->name != NULL) {
-		struct buf b;
-		buf_init(&b, 4096);
-		buf_appends(&b, "* QUOTAROOT ");
-		imap_mailbox_out(s, &b, c->name);
-		buf_appends(&b, q ? " \"\"\r\n" : "\r\n");
-		imap_write(s, b.data, b.len);
-		buf_free(&b);
-	}
-	/* RFC 9208 §5.1: STORAGE in units of 1024 octets */
-	if (q)
-		imap_printf(s, "* QUOTA \"\" (STORAGE %llu %llu)\r\n",
-		    (unsigned long long)((bytes + 1023) / 1024), (unsigned long long)(q / 1024));
-	imap_tagged(s, "OK", "%s completed", c->name ? "GETQUOTAROOT" : "GETQUOTA");
-}
-
-void imap_cmd_getquota(struct imap_session *s, const struct imap_arg *args)
-{
-	size_t len;
-	const char *root = imap_arg_astring(&s->parser, args, &len);
-	if (root == NULL || imap_arg_next(&s->parser, args) != NULL) {
-		imap_bad(s, "GETQUOTA needs a quota root");
-		return;
-	}
-	if (len != 0 || user_quota(s) == 0) {
-		imap_tagged(s, "NO", "[NONEXISTENT] No such quota root");
-		return;
-	}
-	imap_set_ctx(s, xcalloc(1, sizeof(struct quota_ctx)), quota_ctx_free);
-	imap_set_busy(s, true);
-	s->req = store_user_usage(server->store, s->user, quota_done, s);
-}
-
-void imap_cmd_getquotaroot(struct imap_session *s, const struct imap_arg *args)
-{
-	if (!one_arg(s, args, "GETQUOTAROOT"))
-		return;
-	char *name = name_arg(s, args);
-	if (name == NULL)
-		return;
-	struct quota_ctx *c = xcalloc(1, sizeof(*c));
-	c->name = name;
-	imap_set_ctx(s, c, quota_ctx_free);
-	imap_set_busy(s, true);
-	s->req = store_user_usage(server->store, s->user, quota_done, s);
-}
-
-/* ---------------------------------------------------------------- APPEND */
-
-struct append_ctx {
-	char *name;
-	uint32_t flags;
-	const char **kws;            /* point into the parser's data, valid until the reply */
-	size_t nkw;
-	time_t date;
-	uint64_t size;
-};
-
-static void append_ctx_free(void *p)
-{
-	struct append_ctx *c = p;
-	free(c->name);
-	free(c->kws);
-	free(c);
-}
-
-/* date-time (RFC 9051 §9): "dd-Mon-yyyy hh:mm:ss +zzzz", day may be space-padded */
-static int parse_date_time(const char *v, time_t *t_r)
-{
-	static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
-	char mon[4];
-	int d, y, hh, mm, ss, zone;
-	char sign;
-	char tail;
-	if (sscanf(v, "%2d-%3c-%4d %2d:%2d:%2d %c%4d%c", &d, mon, &y, &hh, &mm, &ss, &sign, &zone,
-	    &tail) != 8 || (sign != '+' && sign != '-'))
-		return -1;
-	mon[3] = '\0';
-	const char *m = strstr(months, mon);
-	if (m == NULL || (m - months) % 3 != 0 || d < 1 || d > 31 || hh > 23 || mm > 59 ||
-	    ss > 60 || y < 1970 || zone % 100 > 59)
-		return -1;
-	struct tm tm = { .tm_mday = d, .tm_mon = (int)(m - months) / 3, .tm_year = y - 1900,
-	    .tm_hour = hh, .tm_min = mm, .tm_sec = ss };
-	time_t t = timegm(&tm);
-	int off = (zone / 100) * 3600 + (zone % 100) * 60;
-	*t_r = sign == '+' ? t - off : t + off;
-	return 0;
-}
-
-static void append_stored(void *arg, int error, uint32_t uidvalidity, uint32_t uid)
-{
-	struct imap_session *s = arg;
-	s->req = NULL;
-	switch (error) {
-	case 0:
-		imap_tagged(s, "OK", "[APPENDUID %u %u] APPEND completed", uidvalidity, uid);
-		return;
-	case ENOENT:
-		imap_tagged(s, "NO", "[TRYCREATE] No such mailbox");
-		return;
-	case EINVAL:
-		imap_tagged(s, "NO", "[CANNOT] Invalid mailbox name");
-		return;
-	case ENOSPC:
-		imap_tagged(s, "NO", "[LIMIT] Too many keywords in this mailbox");
-		return;
-	case EFBIG:
-		imap_tagged(s, "NO", "[TOOBIG] Message larger than APPENDLIMIT");
-		return;
-	}
-	log_msg(LL_ERROR, "imap.append_failed", "user %s: %s", s->user, strerror(error));
-	imap_tagged(s, "NO", "[SERVERBUG] APPEND failed");
-}
-
-static void append_store(struct imap_session *s)
-{
-	struct append_ctx *c = s->cmd_ctx;
-	int fd = s->lit.fd;
-	s->lit.fd = -1;                  /* the store takes it */
-	imap_set_busy(s, true);
-	s->req = store_append(server->store, s->user, c->name, fd, imap_append_limit(), c->flags,
-	    c->kws, c->nkw, c->date, append_stored, s);
-}
-
-static void append_usage(void *arg, int error, uint64_t bytes, uint64_t messages)
-{
-	struct imap_session *s = arg;
-	struct append_ctx *c = s->cmd_ctx;
-	(void)messages;
-	s->req = NULL;
-	uint64_t q = user_quota(s);
-	if (error == 0 && q != 0 && bytes + c->size > q) {
-		imap_tagged(s, "NO", "[OVERQUOTA] Quota exceeded");
-		return;
-	}
-	append_store(s);
-}
-
-/* The message came through the parser (a literal the session did not take for
- * a message, e.g. written inside a list): it goes to a temp file all the same. */
-static int literal_to_file(struct imap_session *s, const struct imap_arg *lit)
-{
-	size_t len;
-	const char *v = imap_arg_value(&s->parser, lit, &len);
-	int fd = imap_tmpfile();
-	if (fd == -1)
-		return -1;
-	if (util_write_all(fd, v, len) == -1) {
-		close(fd);
-		return -1;
-	}
-	s->lit.fd = fd;
-	s->lit.size = len;
-	return 0;
-}
-
-static int append_parse(struct imap_session *s, const struct imap_arg *a, struct append_ctx *c,
-    const struct imap_arg **lit_r)
-{
-	const struct imap_parser *p = &s->parser;
-	const struct imap_arg *k = imap_arg_next(p, a);
-	if (k != NULL && k->type == IMAP_ARG_LIST) {
-		c->kws = xcalloc(k->count ? k->count : 1, sizeof(char *));
-		for (const struct imap_arg *f = imap_arg_child(p, k); f != NULL; f = imap_arg_next(p, f)) {
-			uint32_t bit;
-			bool kw;
-			const char *name = f->type == IMAP_ARG_ATOM ? imap_arg_value(p, f, NULL) : NULL;
-			if (name == NULL || imap_flag_parse(name, &bit, &kw) == -1)
-				return -1;
-			c->flags |= bit;
-			if (kw)
-				c->kws[c->nkw++] = name;
-		}
-		k = imap_arg_next(p, k);
-	}
-	if (k != NULL && k->type == IMAP_ARG_QUOTED) {
-		if (parse_date_time(imap_arg_value(p, k, NULL), &c->date) == -1)
-			return -1;
-		k = imap_arg_next(p, k);
-	}
-	if (k == NULL || k->type != IMAP_ARG_LITERAL || imap_arg_next(p, k) != NULL)
-		return -1;
-	*lit_r = k;
-	return 0;
-}
-
-void imap_cmd_append(struct imap_session *s, const struct imap_arg *args)
-{
-	struct append_ctx *c = xcalloc(1, sizeof(*c));
-	imap_set_ctx(s, c, append_ctx_free);
-	const struct imap_arg *lit = NULL;
-	if (args == NULL || append_parse(s, args, c, &lit) == -1) {
-		imap_bad(s, "APPEND needs a mailbox, optional flags and date, and a message literal");
-		return;
-	}
-	if (s->lit.too_big) {
-		imap_tagged(s, "NO", "[TOOBIG] Message larger than APPENDLIMIT %llu",
-		    (unsigned long long)imap_append_limit());
-		return;
-	}
-	if (s->lit.fd == -1 && !s->lit.failed && literal_to_file(s, lit) == -1)
-		s->lit.failed = true;
-	if (s->lit.failed) {
-		imap_tagged(s, "NO", "[SERVERBUG] Cannot store the message");
-		return;
-	}
-	c->size = s->lit.size;
-	if (c->size == 0) {
-		imap_tagged(s, "NO", "Empty message");
-		return;
-	}
-	c->name = imap_mailbox_arg(s, args);
-	if (c->name == NULL || store_name_check(c->name) == -1) {
-		imap_tagged(s, "NO", "[CANNOT] Invalid mailbox name");
-		return;
-	}
-	imap_set_busy(s, true);
-	if (user_quota(s) != 0)
-		s->req = store_user_usage(server->store, s->user, append_usage, s);
-	else
-		append_store(s);
 }

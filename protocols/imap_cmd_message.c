@@ -22,7 +22,9 @@
 #include "server/server.h"
 #include "store/store.h"
 
-#define MF_MASK (MF_DRAFT | MF_FLAGGED | MF_PASSED | MF_REPLIED | MF_SEEN | MF_TRASHED)
+#define MF_MASK IMAP_MF_MASK
+_Static_assert(IMAP_MF_MASK == (MF_DRAFT | MF_FLAGGED | MF_PASSED | MF_REPLIED | MF_SEEN | MF_TRASHED),
+    "IMAP_MF_MASK covers the Maildir flags");
 
 /* ---------------------------------------------------------------- flags */
 
@@ -122,7 +124,6 @@ void imap_map_load(struct imap_session *s)
 	for (size_t i = 0; i < st->count; i++)
 		map_push(s, &st->msgs[i], st->msgs[i].uid >= recent_from);
 	s->nkeywords_sent = st->nkeywords;
-	s->changed = false;
 }
 
 /* map index of uid, or -1 (binary search: the map is in uid order) */
@@ -199,7 +200,6 @@ void imap_updates(struct imap_session *s, bool allow_expunge)
 		imap_end(s, "mailbox deleted");
 		return;
 	}
-	s->changed = false;
 	if (st->nkeywords != s->nkeywords_sent)
 		imap_send_flag_lists(s);
 	compare_flags(s, st);
@@ -225,8 +225,7 @@ void imap_updates(struct imap_session *s, bool allow_expunge)
 void imap_mailbox_changed(void *arg)
 {
 	struct imap_session *s = arg;
-	s->changed = true;
-	/* RFC 2177: while idling, changes go out at once */
+	/* otherwise the next command's reply reports the change; RFC 2177: while idling, changes go out at once */
 	if (s->idling && !s->closed)
 		imap_updates(s, true);
 }

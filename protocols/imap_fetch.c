@@ -399,7 +399,7 @@ static void fetch_tail(struct imap_session *s, size_t i, struct buf *b, bool fir
 	struct imap_msg *e = &s->msgs[i];
 	const struct store_msg *sm = store_mailbox_find(s->mb, e->uid);
 	if (sm != NULL) {
-		uint32_t now = (sm->flags & 0xffffu) | (e->flags & IMAP_F_RECENT);
+		uint32_t now = (sm->flags & IMAP_MF_MASK) | (e->flags & IMAP_F_RECENT);
 		bool flags = s->fetch->has_flags || now != e->flags || sm->keywords != e->keywords;
 		e->flags = now;
 		e->keywords = sm->keywords;

@@ -2,8 +2,9 @@
  * IMAP4rev1) as a state machine over the connection's I/O events: input fed to
  * the resumable parser (protocols/imap_parse.h), literals and continuations, the
  * command table and dispatch, the tagged reply, and the commands of the
- * connection itself: CAPABILITY, NOOP, LOGOUT, STARTTLS, LOGIN, AUTHENTICATE
- * (SASL-IR, RFC 4959), ENABLE (RFC 5161), ID (RFC 2971), IDLE (RFC 2177).
+ * connection itself: CAPABILITY, LOGOUT, ENABLE (RFC 5161), ID (RFC 2971),
+ * IDLE (RFC 2177), NOOP and CHECK (a rescan of the selected mailbox). Logging in
+ * is imap_auth.c.
  *
  * States (RFC 9051 §3): not authenticated -> authenticated <-> selected -> logout.
  * One command runs at a time: while it waits for the store, a file or output
@@ -22,7 +23,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/buf.h"
@@ -87,6 +87,16 @@ static void tagged_line_f(struct imap_session *s, const char *tag, const char *s
 	va_end(ap);
 }
 
+/* APPEND's literal state belongs to one command: dropped when it ends, and when
+ * a command that streamed one never reached dispatch (a parse error after it). */
+static void lit_reset(struct imap_session *s)
+{
+	if (s->lit.fd != -1)
+		close(s->lit.fd);
+	memset(&s->lit, 0, sizeof(s->lit));
+	s->lit.fd = -1;
+}
+
 static void cmd_cleanup(struct imap_session *s)
 {
 	if (s->cmd_ctx_free != NULL && s->cmd_ctx != NULL)
@@ -94,10 +104,7 @@ static void cmd_cleanup(struct imap_session *s)
 	s->cmd_ctx = NULL;
 	s->cmd_ctx_free = NULL;
 	imap_fetch_free(&s->fetch);
-	if (s->lit.fd != -1)
-		close(s->lit.fd);
-	memset(&s->lit, 0, sizeof(s->lit));
-	s->lit.fd = -1;
+	lit_reset(s);
 }
 
 void imap_set_ctx(struct imap_session *s, void *ctx, void (*free_fn)(void *))
@@ -141,16 +148,6 @@ void imap_bad(struct imap_session *s, const char *fmt, ...)
 
 /* ---------------------------------------------------------------- lifetime */
 
-static void release_user(struct imap_session *s)
-{
-	if (s->user_slot >= 0) {
-		char name[32];
-		snprintf(name, sizeof(name), "imap%d", s->user_slot);
-		session_unlock_user(name, s->user);
-		s->user_slot = -1;
-	}
-}
-
 static void session_free(struct imap_session *s)
 {
 	struct logline *l = log_begin(LL_INFO, "imap.session");
@@ -166,7 +163,7 @@ static void session_free(struct imap_session *s)
 	imap_unselect(s);
 	imap_parser_free(&s->parser);
 	auth_sasl_free(&s->sasl);
-	release_user(s);
+	imap_release_user(s);
 	free(s->user);
 	free(s->sasl_final_user);
 	free(s->pending_reply);
@@ -201,7 +198,7 @@ void imap_set_busy(struct imap_session *s, bool busy)
 
 /* ---------------------------------------------------------------- capabilities */
 
-static bool plaintext_ok(struct imap_session *s)
+bool imap_plaintext_ok(struct imap_session *s)
 {
 	return io_is_tls(s->c) || s->sa.ci.loopback || server->cfg->auth.allow_plaintext;
 }
@@ -223,7 +220,7 @@ void imap_capabilities(struct imap_session *s, struct buf *out)
 		return;
 	if (!io_is_tls(s->c) && io_tls_available(s->c))
 		buf_appends(out, " STARTTLS");
-	if (!plaintext_ok(s))
+	if (!imap_plaintext_ok(s))
 		buf_appends(out, " LOGINDISABLED");
 	const char *const *m = auth_mechanisms(server->auth, &s->sa.ci);
 	for (size_t i = 0; m != NULL && m[i] != NULL; i++)
@@ -243,10 +240,27 @@ static void cmd_capability(struct imap_session *s, const struct imap_arg *args)
 	imap_tagged(s, "OK", "CAPABILITY completed");
 }
 
+static void noop_synced(void *arg, int error)
+{
+	struct imap_session *s = arg;
+	s->req = NULL;
+	if (error != 0)
+		log_msg(LL_WARN, "imap.sync_failed", "user %s: %s", s->user, strerror(error));
+	imap_tagged(s, "OK", "%s completed", s->cmd->name);
+}
+
+/* NOOP and CHECK poll (RFC 9051 §6.1.2): with a mailbox selected, its directory is
+ * rescanned first, so mail that other programs (or a delivery whose rescan is
+ * still queued) put there shows up in this very reply. */
 static void cmd_noop(struct imap_session *s, const struct imap_arg *args)
 {
 	(void)args;
-	imap_tagged(s, "OK", "NOOP completed");
+	if (s->mb == NULL) {
+		imap_tagged(s, "OK", "NOOP completed");
+		return;
+	}
+	imap_set_busy(s, true);
+	s->req = store_mailbox_sync(s->mb, noop_synced, s);
 }
 
 static void cmd_logout(struct imap_session *s, const struct imap_arg *args)
@@ -256,225 +270,6 @@ static void cmd_logout(struct imap_session *s, const struct imap_arg *args)
 	s->state = IMAP_ST_LOGOUT;
 	imap_tagged(s, "OK", "LOGOUT completed");
 	imap_end(s, "logout");
-}
-
-/* ---------------------------------------------------------------- login */
-
-/* A free per-user session slot ("imap0".."imapN-1" in the server's user locks):
- * max_sessions_per_user sessions of one account at a time. */
-static int take_user_slot(const char *user)
-{
-	for (int i = 0; i < server->cfg->imap.max_sessions_per_user; i++) {
-		char name[32];
-		snprintf(name, sizeof(name), "imap%d", i);
-		if (session_lock_user(name, user))
-			return i;
-	}
-	return -1;
-}
-
-static void login_ok(struct imap_session *s, const char *user)
-{
-	session_log_auth(s->c, true, s->mech, user);
-	int slot = take_user_slot(user);
-	if (slot < 0) {
-		log_msg(LL_INFO, "imap.session_limit", "user %s: %d sessions", user,
-		    server->cfg->imap.max_sessions_per_user);
-		imap_tagged(s, "NO", "[LIMIT] Too many sessions for this user, log out elsewhere first");
-		return;
-	}
-	s->user = xstrdup(user);
-	s->user_slot = slot;
-	s->state = IMAP_ST_AUTH;
-	io_set_timeout(s->c, server->cfg->imap.timeout);
-	struct buf b;
-	buf_init(&b, 4096);
-	imap_capabilities(s, &b);
-	imap_tagged(s, "OK", "[CAPABILITY %s] Logged in", b.data);
-	buf_free(&b);
-}
-
-/* Bad credentials: the NO waits for the throttle's delay (busy until IO_TIMER). */
-static void login_failed(struct imap_session *s, const char *user)
-{
-	session_log_auth(s->c, false, s->mech, user);
-	int delay = throttle_check(server->throttle, io_remote(s->c), time(NULL));
-	free(s->pending_reply);
-	s->pending_reply = xstrdup("[AUTHENTICATIONFAILED] Authentication failed.");
-	imap_set_busy(s, true);
-	io_set_timer(s->c, delay > 0 ? delay : 0);
-}
-
-static bool throttled(struct imap_session *s)
-{
-	if (throttle_check(server->throttle, io_remote(s->c), time(NULL)) >= 0)
-		return false;
-	imap_tagged(s, "NO", "[UNAVAILABLE] Too many authentication failures from your address, "
-	    "try again later.");
-	return true;
-}
-
-static void password_done(struct conn *c, enum auth_result r, struct auth_sasl *sasl, char *out,
-    const char *user, void *arg)
-{
-	struct imap_session *s = arg;
-	(void)c;
-	(void)sasl;
-	(void)out;
-	if (r == AUTH_OK)
-		login_ok(s, user);
-	else if (r == AUTH_TEMPFAIL)
-		imap_tagged(s, "NO", "[UNAVAILABLE] Temporary authentication failure.");
-	else
-		login_failed(s, s->cmd_ctx);
-}
-
-static void cmd_login(struct imap_session *s, const struct imap_arg *args)
-{
-	const struct imap_parser *p = &s->parser;
-	const struct imap_arg *a2 = imap_arg_next(p, args);
-	size_t ulen, plen;
-	const char *user = imap_arg_astring(p, args, &ulen);
-	const char *pass = imap_arg_astring(p, a2, &plen);
-	if (user == NULL || pass == NULL || imap_arg_next(p, a2) != NULL) {
-		imap_bad(s, "LOGIN needs a user name and a password");
-		return;
-	}
-	if (!plaintext_ok(s)) {
-		imap_tagged(s, "NO", "[PRIVACYREQUIRED] LOGIN is disabled before STARTTLS");
-		return;
-	}
-	if (strlen(user) != ulen || strlen(pass) != plen) {
-		imap_tagged(s, "NO", "[AUTHENTICATIONFAILED] Authentication failed.");
-		return;
-	}
-	if (throttled(s))
-		return;
-	s->mech = "LOGIN";
-	imap_set_ctx(s, xstrdup(user), free);
-	imap_set_busy(s, true);
-	session_check_password(s->c, user, pass, password_done, s);
-}
-
-static void sasl_done(struct conn *c, enum auth_result r, struct auth_sasl *sasl, char *out,
-    const char *user, void *arg);
-
-static void sasl_step(struct imap_session *s, const char *in)
-{
-	struct auth_sasl *sasl = s->sasl;
-	s->sasl = NULL;                  /* the job owns it until sasl_done */
-	imap_set_busy(s, true);
-	session_sasl_step(s->c, sasl, in, sasl_done, s);
-}
-
-static void sasl_done(struct conn *c, enum auth_result r, struct auth_sasl *sasl, char *out,
-    const char *user, void *arg)
-{
-	struct imap_session *s = arg;
-	(void)c;
-	s->sasl = sasl;
-	switch (r) {
-	case AUTH_CONTINUE:
-		s->sasl_wait = true;
-		imap_printf(s, "+ %s\r\n", out ? out : "");
-		imap_set_busy(s, false);
-		return;
-	case AUTH_OK:
-		auth_sasl_free(&s->sasl);
-		if (out != NULL && *out != '\0') {
-			/* RFC 9051 §6.2.2: final server data goes out as a challenge whose
-			 * (empty) answer completes the exchange */
-			free(s->sasl_final_user);
-			s->sasl_final_user = xstrdup(user);
-			s->sasl_wait = true;
-			imap_printf(s, "+ %s\r\n", out);
-			imap_set_busy(s, false);
-			return;
-		}
-		login_ok(s, user);
-		return;
-	case AUTH_BADPROTO:
-		auth_sasl_free(&s->sasl);
-		imap_bad(s, "Invalid base64 data or SASL message");
-		return;
-	case AUTH_TEMPFAIL:
-		auth_sasl_free(&s->sasl);
-		imap_tagged(s, "NO", "[UNAVAILABLE] Temporary authentication failure.");
-		return;
-	case AUTH_FAIL:
-		break;
-	}
-	auth_sasl_free(&s->sasl);
-	login_failed(s, NULL);
-}
-
-/* A client line while AUTHENTICATE runs (RFC 9051 §6.2.2): "*" cancels. */
-static void sasl_line(struct imap_session *s, const char *line, size_t len)
-{
-	s->sasl_wait = false;
-	if (s->sasl_final_user != NULL) {
-		char *user = s->sasl_final_user;
-		s->sasl_final_user = NULL;
-		if (len != 0)
-			imap_bad(s, "AUTHENTICATE cancelled");
-		else
-			login_ok(s, user);
-		free(user);
-		return;
-	}
-	if (len == 1 && line[0] == '*') {
-		auth_sasl_free(&s->sasl);
-		imap_bad(s, "AUTHENTICATE cancelled");
-		return;
-	}
-	sasl_step(s, line);
-}
-
-static void cmd_authenticate(struct imap_session *s, const struct imap_arg *args)
-{
-	const struct imap_parser *p = &s->parser;
-	const struct imap_arg *ir = imap_arg_next(p, args);
-	if (!imap_arg_is_atom(args) || (ir != NULL && (!imap_arg_is_atom(ir) ||
-	    imap_arg_next(p, ir) != NULL))) {
-		imap_bad(s, "AUTHENTICATE needs a mechanism name and an optional initial response");
-		return;
-	}
-	if (throttled(s))
-		return;
-	char mech[64];
-	snprintf(mech, sizeof(mech), "%s", imap_arg_value(p, args, NULL));
-	for (char *q = mech; *q; q++)
-		if (*q >= 'a' && *q <= 'z')
-			*q = (char)(*q - 'a' + 'A');
-	enum auth_result r;
-	s->sasl = auth_sasl_start(server->auth, mech, &s->sa.ci, &r);
-	if (s->sasl == NULL) {
-		imap_tagged(s, "NO", "Unsupported authentication mechanism");
-		return;
-	}
-	s->mech = auth_sasl_mech(s->sasl);
-	/* SASL-IR (RFC 4959): "=" is an empty initial response, as auth_sasl_step wants */
-	sasl_step(s, ir != NULL ? imap_arg_value(p, ir, NULL) : NULL);
-}
-
-static void cmd_starttls(struct imap_session *s, const struct imap_arg *args)
-{
-	(void)args;
-	if (io_is_tls(s->c)) {
-		imap_bad(s, "TLS is already active");
-		return;
-	}
-	if (!io_tls_available(s->c)) {
-		imap_tagged(s, "NO", "TLS is not available");
-		return;
-	}
-	imap_tagged(s, "OK", "Begin TLS negotiation now");
-	/* RFC 9051 §6.2.1: what the client pipelined after STARTTLS is discarded */
-	if (io_starttls(s->c) == -1) {
-		imap_end(s, "starttls failed");
-		return;
-	}
-	imap_set_busy(s, true);      /* until IO_TLSREADY */
 }
 
 /* ---------------------------------------------------------------- ENABLE, ID, IDLE */
@@ -577,9 +372,9 @@ static const struct imap_command imap_commands[] = {
 	{ "NOOP", cmd_noop, ANY, 0 },
 	{ "LOGOUT", cmd_logout, ANY, 0 },
 	{ "ID", cmd_id, ANY, 0 },
-	{ "STARTTLS", cmd_starttls, NA, 0 },
-	{ "LOGIN", cmd_login, NA, 0 },
-	{ "AUTHENTICATE", cmd_authenticate, NA, 0 },
+	{ "STARTTLS", imap_cmd_starttls, NA, 0 },
+	{ "LOGIN", imap_cmd_login, NA, 0 },
+	{ "AUTHENTICATE", imap_cmd_authenticate, NA, 0 },
 	{ "ENABLE", cmd_enable, AU | SE, 0 },
 	{ "IDLE", cmd_idle, AU | SE, 0 },
 	{ "SELECT", imap_cmd_select, AU | SE, 0 },
@@ -596,7 +391,7 @@ static const struct imap_command imap_commands[] = {
 	{ "APPEND", imap_cmd_append, AU | SE, 0 },
 	{ "GETQUOTA", imap_cmd_getquota, AU | SE, 0 },
 	{ "GETQUOTAROOT", imap_cmd_getquotaroot, AU | SE, 0 },
-	{ "CHECK", imap_cmd_check, SE, 0 },
+	{ "CHECK", cmd_noop, SE, 0 },
 	{ "CLOSE", imap_cmd_close, SE, 0 },
 	{ "UNSELECT", imap_cmd_unselect, SE, 0 },
 	{ "EXPUNGE", imap_cmd_expunge, SE, IMAP_CF_UID },
@@ -698,13 +493,14 @@ static void early_reply(struct imap_session *s, const char *status, const char *
 }
 
 /* The parser refused the input. in_line: the error came from the command text
- * already taken from the input (its rest is gone); nonsync: that text announced a
- * non-synchronizing literal whose octets the client sends anyway. */
-static void parse_error(struct imap_session *s, bool in_line, bool nonsync)
+ * already taken from the input (its rest is gone); must_close: the stream cannot
+ * be resynchronised (that text announced a non-synchronizing literal whose octets
+ * the client sends anyway, or the error came inside a literal). */
+static void parse_error(struct imap_session *s, bool in_line, bool must_close)
 {
 	struct imap_parser *p = &s->parser;
 	enum imap_parse_error e = imap_parser_error(p);
-	bool fatal = imap_parser_fatal(p) || (in_line && nonsync);
+	bool fatal = imap_parser_fatal(p) || must_close;
 	const char *code = imap_parse_resp_code(e);
 	if (e == IMAP_PE_LITERAL_TOO_BIG && !fatal)
 		early_reply(s, "NO", "[TOOBIG] %s", imap_parse_strerror(e));
@@ -714,6 +510,7 @@ static void parse_error(struct imap_session *s, bool in_line, bool nonsync)
 	bool skip = p->skip_line;
 	imap_parser_reset(p);
 	s->need_reset = false;
+	lit_reset(s);
 	if (skip && in_line && !fatal) {
 		size_t used;
 		imap_parser_feed(p, "\r\n", 2, &used);   /* the line's rest is already consumed */
@@ -753,11 +550,20 @@ static bool append_literal(struct imap_session *s, const struct lit_hdr *h)
 		l->extra = true;              /* a second message: read and drop it */
 		l->discard = true;
 	} else if (h->size > imap_append_limit()) {
+		if (h->plus && h->size / 2 > imap_append_limit()) {
+			/* far too big to be worth reading through: RFC 7888 §4 lets us close */
+			early_reply(s, "BAD", "[TOOBIG] Message far larger than APPENDLIMIT %llu",
+			    (unsigned long long)imap_append_limit());
+			imap_printf(s, "* BYE Cannot continue after this error.\r\n");
+			imap_end(s, "literal too big");
+			return false;
+		}
 		if (!h->plus) {
 			/* RFC 7889 §4: refused before the client sends a single octet */
 			early_reply(s, "NO", "[TOOBIG] Message larger than APPENDLIMIT %llu",
 			    (unsigned long long)imap_append_limit());
 			s->need_reset = true;
+			lit_reset(s);
 			return false;
 		}
 		l->discard = l->too_big = true;
@@ -805,8 +611,7 @@ static void parser_literal_data(struct imap_session *s)
 	if (st == IMAP_PARSE_ERROR) {
 		/* inside a literal the rest of the command cannot be found reliably */
 		s->plit_left = 0;
-		s->parser.fatal = true;
-		parse_error(s, false, false);
+		parse_error(s, false, true);
 	}
 }
 
@@ -828,13 +633,16 @@ static void command_line(struct imap_session *s, const char *line, size_t len)
 		return;
 	}
 	const char *cmd = imap_parser_command(&s->parser);
-	if (lit && cmd != NULL && strcmp(cmd, "APPEND") == 0 && line[h.start - 1] == ' ' &&
+	/* the message: a literal after the mailbox name, or RFC 6855's "UTF8 (~{n}" */
+	bool msg_pos = lit && (line[h.start - 1] == ' ' || (h.start >= 6 && h.lit8 &&
+	    strncasecmp(line + h.start - 6, "UTF8 (", 6) == 0));
+	if (lit && cmd != NULL && strcmp(cmd, "APPEND") == 0 && msg_pos &&
 	    imap_arg_count(&s->parser) >= 1 && s->state != IMAP_ST_NOTAUTH) {
 		if (!append_literal(s, &h))
 			return;
 		const char *sub = h.lit8 ? "~{0+}\r\n" : "{0+}\r\n";
 		if (!feed(s, sub, strlen(sub), &st))
-			parse_error(s, false, false);
+			parse_error(s, false, true);   /* the octets follow regardless */
 		return;
 	}
 	if ((lit && !feed(s, line + head, len - head, &st)) || !feed(s, "\r\n", 2, &st)) {
@@ -881,11 +689,7 @@ static void peek_tag(struct imap_session *s, char tag[IMAP_MAX_TAG + 1])
 static void line_too_long(struct imap_session *s, const char *tag)
 {
 	if (s->sasl_wait) {
-		s->sasl_wait = false;
-		auth_sasl_free(&s->sasl);
-		free(s->sasl_final_user);
-		s->sasl_final_user = NULL;
-		imap_bad(s, "SASL response too long");
+		imap_sasl_abort(s, "SASL response too long");
 		return;
 	}
 	if (s->idling) {
@@ -899,6 +703,7 @@ static void line_too_long(struct imap_session *s, const char *tag)
 	imap_parser_reset(&s->parser);
 	s->need_reset = false;
 	s->plit_left = 0;
+	lit_reset(s);
 	if (++s->bad_commands >= (unsigned)server->cfg->imap.max_errors) {
 		imap_printf(s, "* BYE Too many invalid commands.\r\n");
 		imap_end(s, "too many bad commands");
@@ -936,7 +741,7 @@ static void imap_input(struct imap_session *s)
 			continue;
 		}
 		if (s->sasl_wait) {
-			sasl_line(s, line, len);
+			imap_sasl_line(s, line, len);
 			continue;
 		}
 		if (s->idling) {
@@ -981,7 +786,7 @@ static void imap_io(struct conn *c, enum io_event ev, void *arg)
 		imap_end(s, "timeout");
 		break;
 	case IO_SHUTDOWN:
-		if (s->busy || (s->in_cmd && !s->idling)) {
+		if (s->busy || (s->in_cmd && !s->idling && !s->sasl_wait)) {
 			s->shutdown_pending = true;
 			break;
 		}

@@ -279,8 +279,8 @@ class Auth(ImapBase):
         c = self.connect()
         r = c.cmd(f"LOGIN {quote(self.fresh_user())} \"wrong-password\"")
         self.assert_resp(r, "NO", "AUTHENTICATIONFAILED")
-        self.assert_resp(c.cmd("SELECT INBOX"), "BAD") if self.dovecot else \
-            self.assertIn(c.cmd("SELECT INBOX").status, ("BAD", "NO"))
+        # still not authenticated
+        self.assertIn(c.cmd("SELECT INBOX").status, ("BAD", "NO"))
 
     def test_login_unknown_user_same_reply_as_wrong_password(self):
         c = self.connect()
@@ -327,8 +327,8 @@ class Auth(ImapBase):
         caps = [x.upper() for x in c.capabilities()]
         self.assertNotIn("STARTTLS", caps)
         c.login(self.fresh_user(), PW)
-        self.assert_resp(c.cmd("STARTTLS"), "BAD") if self.dovecot else \
-            self.assertIn(c.cmd("STARTTLS").status, ("BAD", "NO"))
+        # a second STARTTLS, now authenticated and under TLS, is refused
+        self.assertIn(c.cmd("STARTTLS").status, ("BAD", "NO"))
 
     def test_commands_pipelined_after_starttls_are_discarded(self):
         # RFC 9051 §6.2.1 / RFC 2595 §3.1: what follows STARTTLS in the same
@@ -1129,7 +1129,10 @@ class MimeCorpus(ImapBase):
     Values compare byte-exact first; ENVELOPE, BODYSTRUCTURE and BODY may differ
     only in how a string is sent (quoted vs literal, RFC 9051 §4.3), which the
     parsed comparison allows. Message 12's BODYSTRUCTURE follows RFC 2046 §5.1.1
-    (a delimiter is the whole line "--pb", not a prefix), not Dovecot."""
+    (a delimiter is the whole line "--pb", not a prefix), not Dovecot; so does
+    BINARY.SIZE[1] of message 24 (the CRLF before a delimiter is the delimiter's).
+    A BINARY.SIZE that Dovecot refused (message 14's invalid "=ZZ" escape) may be
+    answered: RFC 2045 §6.7 lets a robust decoder keep such bytes as they are."""
 
     ITEMS = "RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY BODY.PEEK[HEADER] BODY.PEEK[TEXT] BODY.PEEK[1.MIME]"
     KEYS = {"size": "RFC822.SIZE", "envelope": "ENVELOPE", "bodystructure": "BODYSTRUCTURE", "body": "BODY",
@@ -1140,8 +1143,12 @@ class MimeCorpus(ImapBase):
         "bodystructure": '(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 15 0 NIL NIL NIL NIL) '
                          '"mixed" ("boundary" "pb") NIL NIL NIL)',
         "body": '(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 15 0) "mixed")',
-        "mime1": base64.b64encode(b"{26}\r\nContent-Type: text/plain\r\n\r\n").decode(),
+        "mime1": base64.b64encode(b"{28}\r\nContent-Type: text/plain\r\n\r\n").decode(),
         "binary_size1": "15",
+    }, "24-nested-boundary-prefix.eml": {
+        # part 1 is a multipart whose body ends at "--=_b_inner--": the CRLF after it
+        # belongs to the outer delimiter (RFC 2046 §5.1.1), Dovecot counts it (148)
+        "binary_size1": "146",
     }}
 
     @classmethod
@@ -1208,15 +1215,15 @@ class MimeCorpus(ImapBase):
                 r = c.cmd(f"FETCH {i} (BINARY.SIZE[1])")
                 exp = self.expected[name]
                 err = (exp.get("errors") or {}).get("binary_size1")
-                if err:
-                    # RFC 3516 §4.3: undecodable content gives NO [UNKNOWN-CTE] (Dovecot says [PARSE])
-                    self.assertEqual(r.status, "NO", r.line)
-                    if not self.dovecot:
-                        self.assertEqual(r.code_name, "UNKNOWN-CTE", r.line)
-                    continue
+                if err and r.status == "NO":
+                    continue                  # Dovecot: NO [PARSE]
                 self.assertEqual(r.status, "OK", r.line)
                 (_s, it), = r.fetches()
-                self.assertEqual(it["BINARY.SIZE[1]"], self.want(name, "binary_size1"))
+                if not err:
+                    self.assertEqual(it["BINARY.SIZE[1]"], self.want(name, "binary_size1"))
+                # RFC 3516 §4.3: the size is that of what BINARY[1] returns
+                (_s, body), = c.ok(f"FETCH {i} (BINARY.PEEK[1])").fetches()
+                self.assertEqual(int(it["BINARY.SIZE[1]"]), len(value(body["BINARY[1]"]) or b""))
 
     def test_corpus_search_matches_reference(self):
         c = self.login(self.user)
@@ -1441,9 +1448,21 @@ class BadInput(ImapBase):
         self.assert_resp(c.cmd("FETCH 0 (FLAGS)"), "BAD")
 
     def test_long_command_line_refused(self):
+        # over the 64 KiB line limit: a BAD (and the session goes on), or BYE and close
         c = self.login()
-        r = c.cmd("SELECT " + "a" * (70 * 1024))
-        self.assertIn(r.status, ("BAD", "NO"))
+        c.send("L1 SELECT " + "a" * (70 * 1024) + "\r\n")
+        try:
+            first = c.read_response()
+        except (ConnectionClosed, ConnectionResetError) as e:
+            self.fail(f"connection dropped without BAD or BYE: {e!r}")
+        if first.startswith(b"* BYE"):
+            try:
+                self.assertEqual(c.read_until_close(), b"", "data after BYE")
+            except ConnectionResetError:
+                pass                      # our unread 70 KiB make the close a reset
+            return
+        self.assertRegex(first.decode(errors="replace"), r"^L1 (BAD|NO) ")
+        self.assert_resp(c.cmd("NOOP"), "OK")
 
 
 class PostlingLimits(ImapBase):

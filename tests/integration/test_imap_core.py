@@ -64,6 +64,15 @@ class TestGreetingAndLogin(ImapCase):
                     "STARTTLS", "AUTH=PLAIN", "APPENDLIMIT=4096", "ENABLE", "NAMESPACE"):
             self.assertIn(cap, caps)
 
+    def test_imaps_greets_over_tls_without_starttls(self):
+        c = self.conn("imaps")
+        caps = c.capabilities()
+        self.assertNotIn("STARTTLS", caps)
+        self.assertIn("AUTH=PLAIN", caps)
+        self.assertEqual(c.cmd("STARTTLS").status, "BAD")
+        c.login(USER, "pw-alice")
+        self.assertEqual(c.select("INBOX").code_name, "READ-WRITE")
+
     def test_login_ok_returns_capabilities_without_auth(self):
         c = self.conn()
         r = c.login(USER, "pw-alice")
@@ -346,6 +355,36 @@ class TestSelectedState(ImapCase):
         self.assertEqual(value(items["RFC822"]), big[0])
         self.assertIn("\\Seen", [str(f) for f in value(items["FLAGS"])])
 
+    def test_fetch_of_a_thousand_messages_waits_for_a_slow_reader(self):
+        c = self.login(USER3)
+        c.ok("CREATE Thousand")
+        new = os.path.join(self.srv.maildir(USER3), ".Thousand", "new")
+        body = (b"y" * 78 + b"\r\n") * 400                   # 32 KB each, 32 MB in all
+        for k in range(1000):
+            msg = b"Subject: n%d\r\n\r\n" % k + body
+            with open(os.path.join(new, f"170000{k:04d}.M1P1Q{k}.test,S={len(msg)}"), "wb") as f:
+                f.write(msg)
+        r = c.select("Thousand")
+        self.assertEqual(r.lines("* 1000 EXISTS"), ["* 1000 EXISTS"])
+
+        def rss_kb():
+            with open(f"/proc/{self.srv.proc.pid}/status") as f:
+                return int(next(l for l in f if l.startswith("VmRSS:")).split()[1])
+        before = rss_kb()
+        c.send(b"big FETCH 1:* (UID BODY.PEEK[])\r\n")
+        time.sleep(1.0)                                  # the client reads nothing meanwhile
+        grown = rss_kb() - before
+        with open(f"/proc/{self.srv.proc.pid}/maps") as f:
+            sanitized = "libasan" in f.read()      # ASan keeps freed memory in quarantine
+        if not sanitized:
+            self.assertLess(grown, 12 * 1024, f"RSS grew {grown} KiB while the reader stalled")
+        r = c.wait_tagged("big")
+        self.assertEqual(r.status, "OK")
+        got = r.fetches()
+        self.assertEqual(len(got), 1000)
+        self.assertEqual([int(value(it["UID"])) for _s, it in got], list(range(1, 1001)))
+        self.assertTrue(all(value(it["BODY[]"]).endswith(body) for _s, it in got))
+
     def test_imaplib_end_to_end_with_smtp_delivery(self):
         smtp_deliver(self.srv, USER2, make_message("one", body="First body.\n"))
         smtp_deliver(self.srv, USER2, make_message("two", body="Second body.\n"))
@@ -370,6 +409,97 @@ class TestSelectedState(ImapCase):
                 m.shutdown()
             except OSError:
                 pass
+
+
+class TestNamesAndQuota(ImapCase):
+    server_kwargs = dict(users={USER: {"password": "pw-alice", "quota": 3000}, USER2: "pw-bob"},
+                         listeners=("imap", "smtp"))
+
+    def test_utf8_names_in_mutf7_for_rev1_and_utf8_for_rev2(self):
+        c = self.login()
+        c.ok('CREATE "Z&APw-rich/Caf&AOk-"')
+        r = c.ok('LIST "" "Z*"')
+        self.assertEqual(r.lines("* LIST"), ['* LIST (\\HasChildren) "/" Z&APw-rich',
+                                            '* LIST (\\HasNoChildren) "/" Z&APw-rich/Caf&AOk-'])
+        self.assertTrue(os.path.isdir(os.path.join(self.srv.maildir(USER), ".Z&APw-rich.Caf&AOk-")))
+        c2 = self.login()
+        c2.ok("ENABLE UTF8=ACCEPT")
+        r = c2.ok('LIST "" "Z%"')
+        self.assertEqual(r.lines("* LIST"), ['* LIST (\\HasChildren) "/" "Zürich"'])
+        r = c2.ok('SELECT "Zürich/Café"')
+        self.assertEqual(r.code_name, "READ-WRITE")
+
+    def test_append_utf8_after_enable(self):
+        c = self.login(USER2)
+        msg = "Subject: Grüße\r\n\r\nZürich\r\n".encode()
+        tag = c.next_tag()
+        c.send(f"{tag} APPEND INBOX UTF8 (~{{{len(msg)}+}}\r\n".encode() + msg + b")\r\n")
+        self.assertEqual(c.wait_tagged(tag).status, "BAD")     # not without ENABLE
+        c.ok("ENABLE UTF8=ACCEPT")
+        tag = c.next_tag()
+        c.send(f"{tag} APPEND INBOX UTF8 (~{{{len(msg)}}}\r\n".encode())
+        self.assertTrue(c.wait_continuation().startswith(b"+"))
+        c.send(msg + b")\r\n")
+        r = c.wait_tagged(tag)
+        self.assertEqual((r.status, r.code_name), ("OK", "APPENDUID"))
+        uid = r.code.split()[2]
+        c.select("INBOX")
+        r = c.ok(f"UID FETCH {uid} (BODY.PEEK[])")
+        self.assertEqual(value(r.fetches()[0][1]["BODY[]"]), msg)
+
+    def test_list_subscribed_recursivematch_gives_childinfo(self):
+        c = self.login(USER2)
+        c.ok("CREATE Par/Kid")
+        c.ok("SUBSCRIBE Par/Kid")
+        r = c.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "Par"')
+        self.assertEqual(r.lines("* LIST"), ['* LIST (\\HasChildren) "/" Par ("CHILDINFO" ("SUBSCRIBED"))'])
+        r = c.ok('LIST (SUBSCRIBED) "" "Par*"')
+        self.assertEqual(r.lines("* LIST"), ['* LIST (\\HasNoChildren \\Subscribed) "/" Par/Kid'])
+        self.assertEqual(c.cmd('LIST (RECURSIVEMATCH) "" "*"').status, "BAD")
+
+    def test_quota_root_and_overquota_append(self):
+        c = self.login()
+        r = c.ok("GETQUOTAROOT INBOX")
+        self.assertEqual(r.lines("* QUOTAROOT"), ['* QUOTAROOT INBOX ""'])
+        self.assertEqual(r.lines("* QUOTA "), ['* QUOTA "" (STORAGE 0 2)'])
+        c.ok("APPEND INBOX {}", b"Subject: a\r\n\r\n" + b"a" * 1500 + b"\r\n")
+        r = c.cmd("APPEND INBOX {}", b"Subject: b\r\n\r\n" + b"b" * 1500 + b"\r\n")
+        self.assertEqual((r.status, r.code_name), ("NO", "OVERQUOTA"))
+        r = c.ok('GETQUOTA ""')
+        self.assertEqual(r.lines("* QUOTA"), ['* QUOTA "" (STORAGE 2 2)'])
+
+
+class TestTimeoutsAndShutdown(ServerTestCase):
+    server_kwargs = dict(users={USER: "pw-alice"}, listeners=("imap",),
+                         config={"imap": {"login_timeout": "5s"}})
+
+    def conn(self):
+        c = ImapConn.connect("127.0.0.1", self.srv.port("imap"))
+        self._conns.append(c)
+        return c
+
+    def test_1_login_timeout_says_bye(self):
+        c = self.conn()
+        t0 = time.monotonic()
+        data = c.read_until_close(limit=15)
+        self.assertIn(b"* BYE Autologout", data)
+        self.assertGreaterEqual(time.monotonic() - t0, 4.0)
+
+    def test_2_sigterm_says_bye_to_an_idling_client_and_restarts_with_same_uids(self):
+        c = self.conn()
+        c.login(USER, "pw-alice")
+        c.ok("APPEND INBOX {}", b"Subject: keep\r\n\r\nkeep\r\n")
+        r = c.select("INBOX")
+        uidvalidity = [l for l in r.lines("* OK [UIDVALIDITY")][0]
+        c.idle_start()
+        self.assertEqual(self.srv.restart(), self.srv)
+        self.assertIn(b"* BYE Server shutting down.", c.read_until_close())
+        c = self.conn()
+        c.login(USER, "pw-alice")
+        r = c.select("INBOX")
+        self.assertEqual([l for l in r.lines("* OK [UIDVALIDITY")][0], uidvalidity)
+        r = c.ok("UID FETCH 1:* (UID)")
+        self.assertEqual([int(value(it["UID"])) for _s, it in r.fetches()], [1])
 
 
 class TestBadInput(ImapCase):
@@ -469,6 +599,21 @@ class TestBadInput(ImapCase):
         self.assertEqual(self.srv.tmp_files(), [])
         tmp = os.path.join(self.srv.data_dir, "tmp")
         self.assertEqual(os.listdir(tmp) if os.path.isdir(tmp) else [], [])
+        # far past the limit, LITERAL+ is not read through: BAD and close
+        c.send(b"huge APPEND INBOX {4294967296+}\r\n")
+        data = c.read_until_close()
+        self.assertIn(b"huge BAD [TOOBIG]", data)
+
+    def test_append_broken_after_its_literal_then_a_good_one(self):
+        c = self.login()
+        c.ok("CREATE Again")
+        c.send(b"a1 APPEND Again {16+}\r\nSubject: x\r\n\r\nx (\r\n")
+        r = c.wait_tagged("a1")
+        self.assertEqual(r.status, "BAD")
+        r = c.ok("APPEND Again {}", b"Subject: y\r\n\r\ny\r\n")
+        self.assertRegex(r.code, r"^APPENDUID \d+ 1$")
+        r = c.ok("STATUS Again (MESSAGES)")
+        self.assertEqual(r.lines("* STATUS"), ["* STATUS Again (MESSAGES 1)"])
 
     def test_append_with_bare_lf_is_stored_with_crlf(self):
         c = self.login()

@@ -251,12 +251,13 @@ class Demo(unittest.TestCase):
     def test_demo_mode_serves_demo_account(self):
         d = tempfile.mkdtemp(prefix="postling-demo-")
         self.addCleanup(shutil.rmtree, d, True)
-        p1, p2, p3, p4, p5 = (free_port() for _ in range(5))
+        p1, p2, p3, p4, p5, p6, p7 = (free_port() for _ in range(7))
         err = open(os.path.join(d, "stderr"), "w+b")
         self.addCleanup(err.close)
         proc = subprocess.Popen([postling_bin(), "serve", "--demo", "-o", f"listeners.0.port={p1}",
                                  "-o", f"listeners.1.port={p2}", "-o", f"listeners.2.port={p3}",
-                                 "-o", f"listeners.3.port={p4}", "-o", f"listeners.4.port={p5}"], cwd=d, stdout=err, stderr=err,
+                                 "-o", f"listeners.3.port={p4}", "-o", f"listeners.4.port={p5}",
+                                 "-o", f"listeners.5.port={p6}", "-o", f"listeners.6.port={p7}"], cwd=d, stdout=err, stderr=err,
                                 stdin=subprocess.DEVNULL)
 
         def cleanup():

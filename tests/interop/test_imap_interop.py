@@ -81,7 +81,8 @@ class ImapInterop(unittest.TestCase):
                 for i in range(1, n + 1):
                     r = c.cmd(f"APPEND {quote(folder)} ({initial_flags(i)}) {{}}", message(folder, i), sync=False)
                     assert r.status == "OK", f"APPEND {folder} {i}: {r.line}"
-            c.cmd(f"APPEND Lists (\\Seen) {{}}", message("Lists", 999), sync=False)
+            r = c.cmd("APPEND Lists (\\Seen) {}", message("Lists", 999), sync=False)
+            assert r.status == "OK", r.line
         finally:
             c.logout()
 
