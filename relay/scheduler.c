@@ -431,12 +431,14 @@ static time_t backoff(const struct relay *r, uint32_t attempts)
 
 static void set_rcpt(struct queue_rcpt *q, enum queue_rcpt_state st, const char *reply, const char *mx)
 {
+	/* copies first: reply or mx may be q's own strings (expiry, queue bounce) */
+	char *r = xstrdup(reply ? reply : ""), *m = xstrdup(mx ? mx : "");
 	q->state = st;
 	q->updated = time(NULL);
 	free(q->last_reply);
-	q->last_reply = xstrdup(reply ? reply : "");
+	q->last_reply = r;
 	free(q->remote_mta);
-	q->remote_mta = xstrdup(mx ? mx : "");
+	q->remote_mta = m;
 }
 
 /* All domains of this round tried: bounce what failed, decide what is next. */
