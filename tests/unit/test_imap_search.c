@@ -19,6 +19,7 @@
 #include "protocols/imap_search.h"
 #include "protocols/mime.h"
 #include "store/store.h"
+#include "tests/unit/corpus.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -516,50 +517,6 @@ static void test_set_format_and_save(void **state)
 	assert_int_equal(imap_search_save_filter(&o, one, 0), 0);
 }
 
-/* ------------------------------------------------------------ corpus */
-
-static int corpus_path(const char *name, char *path, size_t len)
-{
-	char exe[PATH_MAX], dir[1024];
-	const char *src = __FILE__;
-	snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(src, '/') - src), src);
-	if (src[0] != '/') {
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-		if (n > 0) {
-			exe[n] = '\0';
-			*strrchr(exe, '/') = '\0';
-			*strrchr(exe, '/') = '\0';
-			if (snprintf(path, len, "%.1024s/%s/../../../shared/mime-corpus/%s", exe, dir, name) < (int)len &&
-			    access(path, R_OK) == 0)
-				return 0;
-		}
-	}
-	snprintf(path, len, "%s/../../../shared/mime-corpus/%s", dir, name);
-	return access(path, R_OK);
-}
-
-static char *slurp(const char *name, size_t *len_r)
-{
-	char path[PATH_MAX * 2];
-	if (corpus_path(name, path, sizeof(path)) != 0)
-		return NULL;
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *d = malloc((size_t)n + 1);
-	if (fread(d, 1, (size_t)n, f) != (size_t)n) {
-		free(d);
-		fclose(f);
-		return NULL;
-	}
-	fclose(f);
-	d[n] = '\0';
-	*len_r = (size_t)n;
-	return d;
-}
 
 static const char *const corpus_files[] = {
 	"01-plain-ascii.eml", "02-utf8-8bit-no-mime.eml", "03-ew-b-multicharset.eml",
@@ -587,10 +544,10 @@ static int corpus_setup(void **state)
 {
 	struct corpus *c = calloc(1, sizeof(*c));
 	size_t jl;
-	c->json = slurp("search.json", &jl);
+	c->json = corpus_slurp("search.json", &jl);
 	for (size_t i = 0; i < NCORPUS && c->json != NULL; i++) {
 		size_t len, n = 0;
-		char *raw = slurp(corpus_files[i], &len);
+		char *raw = corpus_slurp(corpus_files[i], &len);
 		if (raw == NULL)
 			break;
 		char *o = malloc(2 * len + 1);

@@ -17,52 +17,9 @@
 #include "protocols/imap_parse.h"
 #include "protocols/imap_section.h"
 #include "protocols/mime.h"
+#include "tests/unit/corpus.h"
 
 /* ------------------------------------------------------------ corpus access */
-
-/* The corpus sits at ../shared/mime-corpus beside the clone (see test_mime.c). */
-static int corpus_path(const char *name, char *path, size_t len)
-{
-	char exe[PATH_MAX], dir[1024];
-	const char *src = __FILE__;
-	snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(src, '/') - src), src);
-	if (src[0] != '/') {
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-		if (n > 0) {
-			exe[n] = '\0';
-			*strrchr(exe, '/') = '\0';
-			*strrchr(exe, '/') = '\0';
-			if (snprintf(path, len, "%.1024s/%s/../../../shared/mime-corpus/%s", exe, dir, name) < (int)len &&
-			    access(path, R_OK) == 0)
-				return 0;
-		}
-	}
-	snprintf(path, len, "%s/../../../shared/mime-corpus/%s", dir, name);
-	return access(path, R_OK);
-}
-
-static char *slurp(const char *name, size_t *len_r)
-{
-	char path[PATH_MAX * 2];
-	if (corpus_path(name, path, sizeof(path)) != 0)
-		return NULL;
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *d = malloc((size_t)n + 1);
-	if (fread(d, 1, (size_t)n, f) != (size_t)n) {
-		free(d);
-		fclose(f);
-		return NULL;
-	}
-	fclose(f);
-	d[n] = '\0';
-	*len_r = (size_t)n;
-	return d;
-}
 
 /* The string value of `key` in the object of `file` in expected.json (the values
  * used here are base64 or decimal: no escapes to decode), or NULL. */
@@ -127,7 +84,7 @@ struct msg {
 static void msg_load(struct msg *mg, const char *file)
 {
 	size_t len;
-	char *raw = slurp(file, &len);
+	char *raw = corpus_slurp(file, &len);
 	if (raw == NULL)
 		skip();  /* CI has ../shared beside the clone; a bare checkout does not */
 	mg->data = to_crlf(raw, len, &mg->len);
@@ -201,7 +158,7 @@ static void expect_item(struct msg *mg, const char *json, const char *file, cons
 static void check_corpus_file(const char *file)
 {
 	size_t jl;
-	char *json = slurp("expected.json", &jl);
+	char *json = corpus_slurp("expected.json", &jl);
 	if (json == NULL)
 		skip();
 	struct msg mg;

@@ -14,54 +14,9 @@
 
 #include "common/buf.h"
 #include "protocols/mime.h"
+#include "tests/unit/corpus.h"
 
 /* ------------------------------------------------------------ corpus access */
-
-/* The corpus sits at ../shared/mime-corpus beside the clone: three levels above
- * this file. __FILE__ is relative to the build root when not absolute (see
- * test_config.c); try both that and the current directory. */
-static int corpus_path(const char *name, char *path, size_t len)
-{
-	char exe[PATH_MAX], dir[1024];
-	const char *src = __FILE__;
-	snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(src, '/') - src), src);
-	if (src[0] != '/') {
-		ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-		if (n > 0) {
-			exe[n] = '\0';
-			*strrchr(exe, '/') = '\0';
-			*strrchr(exe, '/') = '\0';
-			if (snprintf(path, len, "%.1024s/%s/../../../shared/mime-corpus/%s", exe, dir, name) < (int)len &&
-			    access(path, R_OK) == 0)
-				return 0;
-		}
-	}
-	snprintf(path, len, "%s/../../../shared/mime-corpus/%s", dir, name);
-	return access(path, R_OK);
-}
-
-static char *slurp(const char *name, size_t *len_r)
-{
-	char path[PATH_MAX * 2];
-	if (corpus_path(name, path, sizeof(path)) != 0)
-		return NULL;
-	FILE *f = fopen(path, "rb");
-	if (f == NULL)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	char *d = malloc((size_t)n + 1);
-	if (fread(d, 1, (size_t)n, f) != (size_t)n) {
-		free(d);
-		fclose(f);
-		return NULL;
-	}
-	fclose(f);
-	d[n] = '\0';
-	*len_r = (size_t)n;
-	return d;
-}
 
 /* Minimal reader for expected.json: the string value of `key` inside the object
  * of `file` (keys are unique per object; JSON escapes decoded, \u only < 0x80). */
@@ -118,7 +73,7 @@ static char *to_crlf(const char *d, size_t len, size_t *len_r)
 static void check_corpus_file(const char *file)
 {
 	size_t jl, len, clen;
-	char *json = slurp("expected.json", &jl), *raw = slurp(file, &len);
+	char *json = corpus_slurp("expected.json", &jl), *raw = corpus_slurp(file, &len);
 	if (json == NULL || raw == NULL) {
 		free(json);
 		free(raw);
@@ -185,7 +140,7 @@ CORPUS(corpus_25, "25-duplicate-headers.eml")
 static void corpus_12_rfc_boundary_not_prefix(void **state)
 {
 	size_t len;
-	char *raw = slurp("12-boundary-in-preamble-epilogue.eml", &len);
+	char *raw = corpus_slurp("12-boundary-in-preamble-epilogue.eml", &len);
 	if (raw == NULL)
 		skip();
 	struct mime_message *m = mime_parse(raw, len, NULL);
