@@ -710,19 +710,11 @@ static int rename_tree(const struct fjob *j)
 	return rc;
 }
 
-static int fsync_sub(const char *folder, const char *sub)
-{
-	char *dir = xasprintf("%s/%s", folder, sub);
-	int rc = maildir_fsync_dir(dir);
-	free(dir);
-	return rc;
-}
-
 /* both ends of an INBOX rename: the names left one directory for the other */
 static int fsync_dirs(const struct fjob *j)
 {
-	return fsync_sub(j->user_path, "cur") == -1 || fsync_sub(j->user_path, "new") == -1 ||
-	    fsync_sub(j->path2, "cur") == -1 || fsync_sub(j->path2, "new") == -1 ? -1 : 0;
+	return maildir_fsync_subdir(j->user_path, "cur") == -1 || maildir_fsync_subdir(j->user_path, "new") == -1 ||
+	    maildir_fsync_subdir(j->path2, "cur") == -1 || maildir_fsync_subdir(j->path2, "new") == -1 ? -1 : 0;
 }
 
 static int move_file(const char *from_dir, const char *to_dir, const char *sub, const char *name)

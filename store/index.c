@@ -711,3 +711,13 @@ char *index_msg_path(const char *folder_path, const struct store_msg *m)
 	free(name);
 	return rel;
 }
+
+char *index_msg_full_path(const char *folder_path, const struct store_msg *m)
+{
+	char *rel = index_msg_path(folder_path, m);
+	if (rel == NULL)
+		return NULL;
+	char *full = xasprintf("%s/%s", folder_path, rel);
+	free(rel);
+	return full;
+}

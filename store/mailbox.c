@@ -389,26 +389,6 @@ static struct store_req *mjob_start(struct mjob *j, const struct store_job_ops *
 	return store_job_start(j->s, ops, j, arg, queues, 2);
 }
 
-/* ------------------------------------------------------------ worker helpers */
-
-static int fsync_sub(const char *folder, const char *sub)
-{
-	char *dir = xasprintf("%s/%s", folder, sub);
-	int rc = maildir_fsync_dir(dir);
-	free(dir);
-	return rc;
-}
-
-static char *msg_full_path(const char *folder, const struct store_msg *m)
-{
-	char *rel = index_msg_path(folder, m);
-	if (rel == NULL)
-		return NULL;
-	char *full = xasprintf("%s/%s", folder, rel);
-	free(rel);
-	return full;
-}
-
 /* Keyword names to a mask of ix's bits (new names added): -1 with errno
  * EINVAL or ENOSPC; the caller then drops ix unwritten, so nothing changed. */
 static int keywords_mask(struct store_index *ix, char *const *kws, size_t n, uint64_t *mask_r)
@@ -451,12 +431,12 @@ static int expunge_files(const char *path, struct store_index *ix, const uint32_
 		const struct store_msg *m = msgs_find(ix->msgs, ix->count, uids[i]);
 		if (m == NULL)
 			continue;
-		char *full = msg_full_path(path, m);
+		char *full = index_msg_full_path(path, m);
 		if (full == NULL ? errno != ENOENT : unlink(full) == -1 && errno != ENOENT)
 			err = err != 0 ? err : errno;
 		free(full);
 	}
-	if ((fsync_sub(path, "cur") == -1 || fsync_sub(path, "new") == -1) && err == 0)
+	if ((maildir_fsync_subdir(path, "cur") == -1 || maildir_fsync_subdir(path, "new") == -1) && err == 0)
 		err = errno;
 	index_drop(ix, uids, n);
 	errno = err;
@@ -618,7 +598,7 @@ static int rename_flags(const char *path, const struct store_msg *m, uint32_t fl
 	char *to = xasprintf("%s/cur/%s:2,%s", path, m->base, fl);
 	int rc = -1;
 	for (int i = 0; i < RENAME_RETRIES && rc == -1; i++) {
-		char *from = msg_full_path(path, m);
+		char *from = index_msg_full_path(path, m);
 		if (from == NULL) {
 			rc = errno == ENOENT ? 0 : -1;
 			break;
@@ -671,7 +651,7 @@ static void store_work(void *job)
 		return;
 	}
 	/* the renames are durable before the index that records them */
-	if (fsync_sub(j->path, "cur") == -1 || (from_new && fsync_sub(j->path, "new") == -1) ||
+	if (maildir_fsync_subdir(j->path, "cur") == -1 || (from_new && maildir_fsync_subdir(j->path, "new") == -1) ||
 	    index_write(j->path, ix) == -1) {
 		j->error = j->error != 0 ? j->error : errno;
 		index_free(ix);          /* a rescan makes the state follow the files */
@@ -778,7 +758,7 @@ static int copy_file(const char *from, const char *dst_folder, const char *name,
 static int copy_one(const struct mjob *j, const struct store_msg *m, char **base_r, char **made_r)
 {
 	char fl[8];
-	char *from = msg_full_path(j->path, m);
+	char *from = index_msg_full_path(j->path, m);
 	if (from == NULL)
 		return -1;
 	maildir_flags_string(m->flags, fl);
@@ -876,12 +856,12 @@ static int copy_into(struct mjob *j, struct store_index *dix, struct store_msg *
 		j->src[j->npairs] = sel[i].uid;
 		j->dst[j->npairs++] = m->uid;
 	}
-	if (rc == 0 && (fsync_sub(j->path2, "cur") == -1 || (write_path != NULL && index_write(write_path, dix) == -1)))
+	if (rc == 0 && (maildir_fsync_subdir(j->path2, "cur") == -1 || (write_path != NULL && index_write(write_path, dix) == -1)))
 		rc = -1;
 	if (rc == -1) {
 		int saved = errno;
 		unlink_all(made, k);
-		fsync_sub(j->path2, "cur");
+		maildir_fsync_subdir(j->path2, "cur");
 		errno = saved;
 	}
 	for (size_t i = 0; i < k; i++)
@@ -971,7 +951,7 @@ static int append_place(struct mjob *j, const char *new_path, struct store_msg *
 	char *to = xasprintf("%s/cur/%s:2,%s", j->path, name, fl);
 	struct timespec ts[2] = { { j->date, 0 }, { j->date, 0 } };
 	int rc = rename(new_path, to) == -1 || utimensat(AT_FDCWD, to, ts, 0) == -1 ||
-	    fsync_sub(j->path, "cur") == -1 || fsync_sub(j->path, "new") == -1 ? -1 : 0;
+	    maildir_fsync_subdir(j->path, "cur") == -1 || maildir_fsync_subdir(j->path, "new") == -1 ? -1 : 0;
 	if (rc == -1) {
 		int saved = errno;
 		unlink(new_path);

@@ -565,3 +565,11 @@ int maildir_clean_tmp(const char *folder_path)
 	errno = saved;
 	return rc;
 }
+
+int maildir_fsync_subdir(const char *folder_path, const char *sub)
+{
+	char *dir = xasprintf("%s/%s", folder_path, sub);
+	int rc = maildir_fsync_dir(dir);
+	free(dir);
+	return rc;
+}

@@ -485,21 +485,9 @@ static void file_destroy(struct store_file *f)
 	free(f);
 }
 
-/* malloc'ed full path of m's file in folder, found by base whatever its
- * flags are now; NULL with errno (ENOENT: no such file) from index_msg_path. */
-static char *msg_file(const char *folder, const struct store_msg *m)
-{
-	char *rel = index_msg_path(folder, m);
-	if (rel == NULL)
-		return NULL;
-	char *full = xasprintf("%s/%s", folder, rel);
-	free(rel);
-	return full;
-}
-
 static int open_msg(const char *folder, const struct store_msg *m)
 {
-	char *full = msg_file(folder, m);
+	char *full = index_msg_full_path(folder, m);
 	if (full == NULL)
 		return -1;
 	int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
@@ -633,19 +621,11 @@ void store_file_close(struct store_file **f_r)
 /* ENOENT counts as removed: another session or client got there first. */
 static int unlink_msg(const char *folder, const struct store_msg *m)
 {
-	char *full = msg_file(folder, m);
+	char *full = index_msg_full_path(folder, m);
 	if (full == NULL)
 		return errno == ENOENT ? 0 : -1;
 	int rc = unlink(full) == -1 && errno != ENOENT ? -1 : 0;
 	free(full);
-	return rc;
-}
-
-static int fsync_sub(const char *folder, const char *sub)
-{
-	char *dir = xasprintf("%s/%s", folder, sub);
-	int rc = maildir_fsync_dir(dir);
-	free(dir);
 	return rc;
 }
 
@@ -659,7 +639,7 @@ static void expunge_work(void *arg)
 	for (size_t i = 0; i < j->count; i++)
 		if (unlink_msg(j->path, &j->msgs[i]) == -1 && err == 0)
 			err = errno;
-	if ((fsync_sub(j->path, "cur") == -1 || fsync_sub(j->path, "new") == -1) && err == 0)
+	if ((maildir_fsync_subdir(j->path, "cur") == -1 || maildir_fsync_subdir(j->path, "new") == -1) && err == 0)
 		err = errno;
 	/* the index follows the directory: entries whose file is gone drop out */
 	if (store_index_load(j->path, &ix, true) == -1 && err == 0)

@@ -94,6 +94,8 @@ int maildir_deliver_iov(const char *folder_path, const char *hostname, const str
 int maildir_clean_tmp(const char *folder_path);
 /* fsync a directory so the names made or removed in it are durable */
 int maildir_fsync_dir(const char *dir_path);
+/* maildir_fsync_dir of <folder_path>/<sub> ("cur", "new") */
+int maildir_fsync_subdir(const char *folder_path, const char *sub);
 
 /* A whole small file for maildir_replace_file / maildir_create_file (blocking;
  * the folder index, relay queue entries). */
@@ -170,6 +172,9 @@ int index_keyword_add(struct store_index *ix, const char *kw);
 /* Relative path of a message file ("new/<name>" or "cur/<name>"), found by
  * looking up the base in the directory (the flags suffix may have changed). */
 char *index_msg_path(const char *folder_path, const struct store_msg *m);
+/* The same as a full malloc'ed path "<folder_path>/<new|cur>/<name>"; NULL with
+ * errno (ENOENT: no such file) as index_msg_path. */
+char *index_msg_full_path(const char *folder_path, const struct store_msg *m);
 
 /* ---------------------------------------------------------------- store.c */
 
