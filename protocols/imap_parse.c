@@ -38,7 +38,11 @@ void imap_parser_init(struct imap_parser *p, const struct imap_parse_limits *lim
 		imap_parse_limits_default(&p->lim);
 	if (p->lim.max_args == 0)
 		p->lim.max_args = 1;
-	p->args = xcalloc(p->lim.max_args, sizeof(*p->args));
+	/* grown on demand (new_node): most commands have a handful of arguments, and
+	 * a session holds its parser for its whole life (an idle IMAP session should
+	 * cost a few KiB, not max_args nodes) */
+	p->args_cap = p->lim.max_args < IMAP_ARGS_INITIAL ? p->lim.max_args : IMAP_ARGS_INITIAL;
+	p->args = xcalloc(p->args_cap, sizeof(*p->args));
 	buf_init(&p->data, p->lim.max_data);
 	p->skip_line = false;
 	imap_parser_reset(p);
@@ -101,6 +105,11 @@ static enum step new_node(struct imap_parser *p, enum imap_arg_type type)
 {
 	if (p->nargs >= p->lim.max_args)
 		return fail(p, IMAP_PE_TOO_MANY_ARGS, true, false);
+	if (p->nargs >= p->args_cap) {   /* no pointer into args is held across this call */
+		uint32_t cap = p->args_cap > p->lim.max_args / 2 ? p->lim.max_args : p->args_cap * 2;
+		p->args = xreallocarray(p->args, cap, sizeof(*p->args));
+		p->args_cap = cap;
+	}
 	uint32_t idx = p->nargs++;
 	struct imap_arg *a = &p->args[idx];
 	memset(a, 0, sizeof(*a));

@@ -30,6 +30,7 @@
 #define IMAP_MAX_COMMAND 32
 #define IMAP_LITERAL_MINUS_MAX 4096   /* RFC 7888 §5: LITERAL- non-sync limit */
 #define IMAP_ARG_NONE UINT32_MAX
+#define IMAP_ARGS_INITIAL 32          /* nodes allocated at first; doubled as needed */
 
 enum imap_parse_status {
 	IMAP_PARSE_ERROR = -1,       /* see imap_parser_error(); reply BAD (or NO [TOOBIG]) */
@@ -105,7 +106,8 @@ struct imap_parser {
 	char command[IMAP_MAX_COMMAND + 1];   /* upper-cased */
 	size_t taglen, cmdlen;
 	size_t line_len;             /* non-literal octets so far */
-	struct imap_arg *args;       /* owned, limits.max_args entries */
+	struct imap_arg *args;       /* owned, args_cap entries, grown up to limits.max_args */
+	uint32_t args_cap;
 	uint32_t nargs;
 	uint32_t first;              /* first top-level argument or IMAP_ARG_NONE */
 	uint32_t last_top;           /* private: last top-level argument */

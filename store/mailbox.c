@@ -35,6 +35,19 @@
 #define REFRESH_MAX 2                /* in flight per mailbox: one running, one to rescan after it */
 #define COPY_CHUNK (64 * 1024)
 
+/* What a rescan would look at: when new/, cur/ and the index are as they were
+ * at the last full sync, nothing changed and the rescan (readdir of both, the
+ * index parsed) is skipped — Dovecot's maildir sync does the same. Timestamps
+ * within STAMP_TRUST seconds of the scan are not trusted: the kernel's clock
+ * tick is coarser than a change, so a second change could keep the time. */
+#define STAMP_TRUST 2
+struct dir_stamp {
+	bool valid;
+	struct timespec cur, new_, idx;
+	ino_t idx_ino;
+	off_t idx_size;
+};
+
 struct store_watch {
 	struct store_watch *next;
 	struct store_mailbox *mb;
@@ -53,6 +66,7 @@ struct store_mailbox {
 	bool loaded;                 /* ix installed once */
 	uint32_t recent_from;        /* \Recent watermark: uids >= it not yet claimed */
 	unsigned refreshing;         /* refresh syncs in flight */
+	struct dir_stamp stamp;      /* as of the last full sync, if nothing changed since */
 	struct event *ev;            /* notify watchers (activated, never added) */
 	struct store_watch *watches;
 	unsigned notifying;          /* inside the watcher loop */
@@ -68,6 +82,9 @@ struct mjob {
 	struct store_index ix, ix2;  /* results: path's and path2's index as written */
 	bool have_ix, have_ix2;
 	bool clean_tmp;              /* open: tmp/ cleanup */
+	struct dir_stamp stamp_in;   /* sync: the mailbox's stamp when the job was made */
+	struct dir_stamp stamp_out;  /* sync: the stamp of the index it loaded */
+	bool unchanged;              /* sync: stamp_in still holds, nothing loaded */
 	uint32_t *uids;              /* owned, sorted, no duplicates */
 	size_t n;
 	enum store_flag_op op;
@@ -174,6 +191,7 @@ static void mb_install(struct store_mailbox *mb, struct store_index *ix)
 {
 	if (mb->st.deleted)
 		return;                  /* sessions are leaving it: keep what they saw */
+	mb->stamp.valid = false;     /* a sync sets it again after installing */
 	struct store_index old = mb->ix;
 	bool changed = mb->loaded && (old.uidvalidity != ix->uidvalidity || old.uidnext != ix->uidnext ||
 	    old.count != ix->count || old.highestmodseq != ix->highestmodseq || old.nkeywords != ix->nkeywords);
@@ -454,11 +472,52 @@ static int ensure_user(const char *user_path)
 	return maildir_create(user_path);
 }
 
+static bool ts_equal(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec == b->tv_sec && a->tv_nsec == b->tv_nsec;
+}
+
+/* The stamp of the folder at path now; invalid when any part cannot be read or
+ * changed too recently to be trusted. */
+static void stamp_read(const char *path, struct dir_stamp *st)
+{
+	struct stat c, n, x;
+	char *pc = xasprintf("%s/cur", path), *pn = xasprintf("%s/new", path);
+	char *px = xasprintf("%s/postling.index", path);
+	memset(st, 0, sizeof(*st));
+	if (stat(pc, &c) == 0 && stat(pn, &n) == 0 && stat(px, &x) == 0) {
+		st->cur = c.st_mtim;
+		st->new_ = n.st_mtim;
+		st->idx = x.st_mtim;
+		st->idx_ino = x.st_ino;
+		st->idx_size = x.st_size;
+		time_t trust = time(NULL) - STAMP_TRUST;
+		st->valid = c.st_mtim.tv_sec < trust && n.st_mtim.tv_sec < trust && x.st_mtim.tv_sec < trust;
+	}
+	free(pc);
+	free(pn);
+	free(px);
+}
+
+static bool stamp_same(const struct dir_stamp *a, const struct dir_stamp *b)
+{
+	return a->valid && b->valid && ts_equal(&a->cur, &b->cur) && ts_equal(&a->new_, &b->new_) &&
+	    ts_equal(&a->idx, &b->idx) && a->idx_ino == b->idx_ino && a->idx_size == b->idx_size;
+}
+
 static void sync_work(void *job)
 {
 	struct mjob *j = job;
 	if (j->error != 0)
 		return;
+	if (j->stamp_in.valid) {
+		struct dir_stamp now;
+		stamp_read(j->path, &now);
+		if (stamp_same(&now, &j->stamp_in)) {
+			j->unchanged = true;   /* the mailbox holds this very index already */
+			return;
+		}
+	}
 	if (ensure_user(j->user_path) == -1) {
 		j->error = errno;
 		return;
@@ -469,10 +528,12 @@ static void sync_work(void *job)
 	}
 	if (j->clean_tmp)
 		maildir_clean_tmp(j->path);   /* best effort: leftovers of crashed deliveries */
-	if (store_index_load(j->path, &j->ix, true) == -1)
+	if (store_index_load(j->path, &j->ix, true) == -1) {
 		j->error = errno;
-	else
+	} else {
 		j->have_ix = true;
+		stamp_read(j->path, &j->stamp_out);   /* after any write of the load */
+	}
 }
 
 /* A folder that vanished under an open mailbox (another program) is gone. */
@@ -483,7 +544,10 @@ static void sync_apply(void *job, bool ran)
 		j->mb->st.deleted = true;
 		mb_changed(j->mb);
 	}
+	bool install = ran && j->have_ix && j->mb != NULL;
 	mjob_apply(job, ran);
+	if (install)
+		j->mb->stamp = j->stamp_out;
 }
 
 static void refresh_apply(void *job, bool ran)
@@ -543,7 +607,10 @@ struct store_req *store_mailbox_open(struct store *s, const char *user, const ch
 		mb = mb_new(s, user, norm, path);
 	struct mjob *j = mjob_new(s, mb);   /* the reference handed to cb */
 	j->cb.mbox = cb;
-	j->clean_tmp = true;
+	if (mb != NULL && mb->loaded)
+		j->stamp_in = mb->stamp;     /* shared already: a rescan that may find nothing */
+	else
+		j->clean_tmp = true;
 	if (mb == NULL)
 		j->error = EINVAL;       /* reported from the callback, like every error */
 	j->user_path = up;
@@ -563,6 +630,7 @@ struct store_req *store_mailbox_sync(struct store_mailbox *mb, store_done_cb cb,
 {
 	struct mjob *j = mjob_new(mb->s, mb);
 	j->cb.done = cb;
+	j->stamp_in = mb->stamp;
 	return mjob_start(j, &sync_ops, arg);
 }
 
