@@ -115,6 +115,15 @@ static void load_opened(void *arg, int error, struct store_file *f)
 	c->size = store_file_size(f);
 	c->off = 0;
 	buf_init(&c->data, c->size + 1);
+	size_t len;
+	const char *whole = store_file_contents(f, &len);
+	if (whole != NULL) {         /* a small message came with the open */
+		if (buf_append(&c->data, whole, len) == -1) {
+			load_finish(s, EFBIG);
+			return;
+		}
+		c->off = len;
+	}
 	load_next(s);
 }
 
@@ -161,8 +170,9 @@ struct fitem {
 };
 
 struct imap_fetch_job {
-	struct fitem items[FETCH_MAX_ITEMS];
-	size_t nitems;
+	struct fitem *items;         /* grown as items are added (a section spec is ~1 KiB:
+	                              * a fixed FETCH_MAX_ITEMS array was cleared per FETCH) */
+	size_t nitems, cap;
 	size_t *idx;
 	size_t n, next;
 	bool content;                /* some item needs the message file */
@@ -184,15 +194,29 @@ void imap_fetch_free(struct imap_fetch_job **f_r)
 		return;
 	for (size_t i = 0; i < f->nitems; i++)
 		free(f->items[i].atom);
+	free(f->items);
 	store_file_close(&f->sfile);
 	free(f->idx);
 	free(f);
 	*f_r = NULL;
 }
 
-static int add_item(struct imap_fetch_job *f, enum fitem_kind k)
+/* Room for one more item: 0, or -1 past FETCH_MAX_ITEMS. */
+static int item_room(struct imap_fetch_job *f)
 {
 	if (f->nitems == FETCH_MAX_ITEMS)
+		return -1;
+	if (f->nitems == f->cap) {
+		f->cap = f->cap ? f->cap * 2 : 4;
+		f->items = xreallocarray(f->items, f->cap, sizeof(*f->items));
+	}
+	memset(&f->items[f->nitems], 0, sizeof(f->items[0]));
+	return 0;
+}
+
+static int add_item(struct imap_fetch_job *f, enum fitem_kind k)
+{
+	if (item_room(f) == -1)
 		return -1;
 	f->items[f->nitems].kind = k;
 	f->items[f->nitems].atom = NULL;
@@ -207,7 +231,7 @@ static int add_item(struct imap_fetch_job *f, enum fitem_kind k)
 
 static int add_section(struct imap_fetch_job *f, const char *atom, size_t len, const char *alias)
 {
-	if (f->nitems == FETCH_MAX_ITEMS)
+	if (item_room(f) == -1)
 		return -1;
 	struct fitem *it = &f->items[f->nitems];
 	memset(it, 0, sizeof(*it));

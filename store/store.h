@@ -225,6 +225,10 @@ struct store_req *store_file_open(struct store *s, const struct store_view *v, c
 struct store_req *store_file_read(struct store *s, struct store_file *f, uint64_t offset, size_t maxlen,
     store_read_cb cb, void *arg);
 uint64_t store_file_size(const struct store_file *f);
+/* Files up to STORE_PREFETCH_MAX octets are read whole by store_file_open's job:
+ * their contents (NUL-terminated, valid until store_file_close), else NULL. */
+#define STORE_PREFETCH_MAX (64 * 1024)
+const char *store_file_contents(const struct store_file *f, size_t *len_r);
 /* May be called with reads in flight: the fd is closed when the last one ends. */
 void store_file_close(struct store_file **f_r);
 
