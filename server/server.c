@@ -347,7 +347,7 @@ static int server_init(struct config *cfg, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot drop privileges to '%s'", cfg->server.user);
 		return -1;
 	}
-	server->store = store_new(server->base, cfg->server.data_dir, cfg->server.hostname, 3);
+	server->store = store_new(server->base, cfg->server.data_dir, cfg->server.hostname, 8);
 	relay_start(cfg, false);
 	server->control = control_open(cfg->server.data_dir);
 	return 0;

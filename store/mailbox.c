@@ -32,6 +32,7 @@
 #include "common/xmalloc.h"
 
 #define RENAME_RETRIES 3             /* the file was renamed by another program meanwhile */
+#define LINGER_SECONDS 30           /* a mailbox nobody holds stays loaded this long */
 #define REFRESH_MAX 2                /* in flight per mailbox: one running, one to rescan after it */
 #define COPY_CHUNK (64 * 1024)
 
@@ -68,6 +69,9 @@ struct store_mailbox {
 	unsigned refreshing;         /* refresh syncs in flight */
 	struct dir_stamp stamp;      /* as of the last full sync, if nothing changed since */
 	struct event *ev;            /* notify watchers (activated, never added) */
+	struct event *linger;        /* refs reached 0: destroyed when it fires (a client
+	                              * selecting the folder again, or reconnecting to poll
+	                              * it, finds it loaded: a stamp check, no rescan) */
 	struct store_watch *watches;
 	unsigned notifying;          /* inside the watcher loop */
 };
@@ -146,6 +150,7 @@ static void mb_destroy(struct store_mailbox *mb)
 		w->dead = true;          /* callers that closed without unwatching */
 	mb_watches_sweep(mb);
 	event_free(mb->ev);
+	event_free(mb->linger);
 	index_free(&mb->ix);
 	free(mb->user);
 	free(mb->name);
@@ -155,13 +160,29 @@ static void mb_destroy(struct store_mailbox *mb)
 
 static struct store_mailbox *mb_ref(struct store_mailbox *mb)
 {
-	mb->refs++;
+	if (mb->refs++ == 0)
+		evtimer_del(mb->linger);
 	return mb;
 }
 
 static void mb_unref(struct store_mailbox *mb)
 {
-	if (mb != NULL && --mb->refs == 0)
+	if (mb == NULL || --mb->refs > 0)
+		return;
+	if (mb->loaded && !mb->st.deleted && !store_freeing(mb->s)) {
+		struct timeval tv = { LINGER_SECONDS, 0 };
+		evtimer_add(mb->linger, &tv);
+		return;
+	}
+	mb_destroy(mb);
+}
+
+static void mb_linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	struct store_mailbox *mb = arg;
+	if (mb->refs == 0)
 		mb_destroy(mb);
 }
 
@@ -584,7 +605,8 @@ static struct store_mailbox *mb_new(struct store *s, const char *user, const cha
 	mb->path = xstrdup(path);
 	mb->recent_from = 1;         /* after a (re)start everything is recent once */
 	mb->ev = event_new(store_base(s), -1, 0, mb_notify_cb, mb);
-	if (mb->ev == NULL)
+	mb->linger = evtimer_new(store_base(s), mb_linger_cb, mb);
+	if (mb->ev == NULL || mb->linger == NULL)
 		fatalx("store: event_new failed");
 	mb->next = *head;
 	if (*head != NULL)
