@@ -327,14 +327,24 @@ static bool index_writable(const struct store_index *ix)
 	return true;
 }
 
-int index_write(const char *folder_path, const struct store_index *ix)
+static int write_index(const char *folder_path, const struct store_index *ix, bool lazy)
 {
-	const struct maildir_file f = { .fill = write_records, .fill_arg = ix };
+	const struct maildir_file f = { .fill = write_records, .fill_arg = ix, .lazy_rename = lazy };
 	if (!index_writable(ix)) {
 		errno = EINVAL;
 		return -1;
 	}
 	return maildir_replace_file(folder_path, INDEX_NAME, &f);
+}
+
+int index_write(const char *folder_path, const struct store_index *ix)
+{
+	return write_index(folder_path, ix, false);
+}
+
+int index_write_lazy(const char *folder_path, const struct store_index *ix)
+{
+	return write_index(folder_path, ix, true);
 }
 
 void index_free(struct store_index *ix)

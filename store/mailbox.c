@@ -707,7 +707,7 @@ static void store_work(void *job)
 	struct mjob *j = job;
 	struct store_index *ix = &j->ix;
 	uint64_t mask;
-	bool changed = false, from_new = false;
+	bool changed = false;
 
 	if (store_index_load(j->path, ix, false) == -1 || keywords_mask(ix, j->kws, j->nkws, &mask) == -1) {
 		j->error = errno;
@@ -728,7 +728,6 @@ static void store_work(void *job)
 				j->error = errno;
 			if (rc != 1)
 				continue;        /* gone: the next sync drops it */
-			from_new |= m->in_new;
 			m->in_new = false;
 		}
 		m->flags = nf;
@@ -740,9 +739,11 @@ static void store_work(void *job)
 		index_free(ix);          /* keyword names added for nothing are not kept */
 		return;
 	}
-	/* the renames are durable before the index that records them */
-	if (maildir_fsync_subdir(j->path, "cur") == -1 || (from_new && maildir_fsync_subdir(j->path, "new") == -1) ||
-	    index_write(j->path, ix) == -1) {
+	/* Flag changes are not made durable one by one (no fsync of cur/ or new/ after
+	 * the renames, none of the directory after the index's rename): a crash may
+	 * undo recent ones, never a message. Whichever index survives is whole; a
+	 * sync takes the flags from the file names, so the two agree again. */
+	if (index_write_lazy(j->path, ix) == -1) {
 		j->error = j->error != 0 ? j->error : errno;
 		index_free(ix);          /* a rescan makes the state follow the files */
 		return;

@@ -497,7 +497,7 @@ int maildir_replace_file(const char *dir, const char *name, const struct maildir
 	int rc = file_write_tmp(tmp, O_TRUNC, f);
 	if (rc == 0 && ((rc = file_step(f, "rename")) == -1 || (rc = rename(tmp, dst)) == -1))
 		unlink_keep_errno(tmp);
-	if (rc == 0 && (rc = file_step(f, "fsync-dir")) == 0)
+	if (rc == 0 && !f->lazy_rename && (rc = file_step(f, "fsync-dir")) == 0)
 		rc = maildir_fsync_dir(dir);
 	free(tmp);
 	free(dst);

@@ -108,6 +108,10 @@ struct maildir_file {
 	 * "fsync-dir"): 0 to go on, or -1 with errno to fail that step (tests). */
 	int (*step)(const char *what, const void *arg);
 	const void *step_arg;
+	/* maildir_replace_file only: skip the final directory fsync. The content is
+	 * still fsync'ed before the rename, so a crash leaves the old file or the
+	 * complete new one, but the new one may be lost (flag changes, see index_write_lazy). */
+	bool lazy_rename;
 };
 /* Atomic durable replacement of <dir>/<name>: <name>.tmp (0600, truncated),
  * content, fsync, rename over <name>, fsync dir. On -1 before the rename the
@@ -155,6 +159,11 @@ struct store_index {
 int index_read(const char *folder_path, struct store_index *ix);
 /* Atomic rewrite: postling.index.tmp, fsync, rename, fsync dir. */
 int index_write(const char *folder_path, const struct store_index *ix);
+/* The same without the directory fsync after the rename: for flag and keyword
+ * changes (STORE), where a crash may bring back the previous index — still whole
+ * and valid, its flags then refreshed from the Maildir file names — but never a
+ * torn or empty one. Messages (deliveries, APPEND, COPY, EXPUNGE) use index_write. */
+int index_write_lazy(const char *folder_path, const struct store_index *ix);
 /* Scan new/ and cur/ and reconcile with ix (which may be empty/fresh): files
  * not in ix get uid = uidnext++ (in delivery-time order), entries whose file
  * is gone are dropped, flags/location/size refreshed. *changed_r tells whether
