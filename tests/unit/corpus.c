@@ -14,6 +14,8 @@ int corpus_path(const char *name, char *path, size_t len)
 {
 	char exe[PATH_MAX], dir[1024];
 	const char *src = __FILE__;
+	if (path == NULL || len == 0)
+		return -1;
 	snprintf(dir, sizeof(dir), "%.*s", (int)(strrchr(src, '/') - src), src);
 	if (src[0] != '/') {
 		ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
