@@ -235,6 +235,42 @@ static size_t count_lines(const char *p, size_t len)
 	return n;
 }
 
+/* "F <uid> <modseq> <flags|-> <keywords> <n|c>": a flag change appended after the
+ * messages (index_append_updates). The uid must be indexed, the modseq above
+ * every one before it, the keywords known. */
+static bool parse_update(const char *p, const char *end, struct store_index *ix)
+{
+	struct record_fields fs;
+	uint64_t uid, modseq, kw;
+	uint32_t flags;
+	uint64_t kwmax = ix->nkeywords >= 64 ? UINT64_MAX : (1ULL << ix->nkeywords) - 1;
+	if (!record_split(p, (size_t)(end - p), &fs) || fs.n != 6 || !record_field_is(fs.p[0], fs.len[0], "F"))
+		return false;
+	if (!FIELD_NUM(&fs, 1, 1, UINT32_MAX, &uid) || ix->highestmodseq >= MODSEQ_MAX ||
+	    !FIELD_NUM(&fs, 2, ix->highestmodseq + 1, MODSEQ_MAX, &modseq) ||
+	    !flags_parse(fs.p[3], fs.len[3], &flags) || !FIELD_NUM(&fs, 4, 0, UINT64_MAX, &kw) ||
+	    (kw & ~kwmax) != 0 || fs.len[5] != 1 || (fs.p[5][0] != 'n' && fs.p[5][0] != 'c'))
+		return false;
+	size_t lo = 0, hi = ix->count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (ix->msgs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == ix->count || ix->msgs[lo].uid != uid)
+		return false;
+	struct store_msg *m = &ix->msgs[lo];
+	m->flags = flags;
+	m->keywords = kw;
+	m->modseq = modseq;
+	m->in_new = fs.p[5][0] == 'n';
+	ix->highestmodseq = modseq;
+	ix->nupdates++;
+	return true;
+}
+
 static int parse_index(const char *data, size_t len, struct store_index *ix)
 {
 	const char *end = data + len;
@@ -252,9 +288,18 @@ static int parse_index(const char *data, size_t len, struct store_index *ix)
 	size_t nrec = count_lines(p, (size_t)(end - p));
 	if (nrec > 0)
 		ix->msgs = xreallocarray(NULL, nrec, sizeof(*ix->msgs));
+	bool updates = false;
 	for (; p < end; p = nl + 1) {
 		nl = memchr(p, '\n', (size_t)(end - p));
-		if (nl == NULL || !parse_record(p, nl, ix, ver, &ix->msgs[ix->count]))
+		if (nl == NULL && (updates || (end - p >= 2 && p[0] == 'F' && p[1] == ' ')))
+			break;               /* an append cut short by a crash: that change is lost */
+		if (nl != NULL && p[0] == 'F') {
+			updates = true;
+			if (!parse_update(p, nl, ix))
+				return corrupt(ix, true);
+			continue;
+		}
+		if (nl == NULL || updates || !parse_record(p, nl, ix, ver, &ix->msgs[ix->count]))
 			return corrupt(ix, true);
 		ix->count++;
 	}
@@ -337,6 +382,62 @@ static int write_records(int fd, const void *arg)
 	}
 	if (rc == 0)
 		rc = util_write_all(fd, b.data, b.len);
+	buf_free(&b);
+	return rc;
+}
+
+int index_append_updates(const char *folder_path, const struct store_index *ix, const uint32_t *uids,
+    size_t n)
+{
+	struct buf b;
+	char fl[8];
+	buf_init(&b, SIZE_MAX / 2);
+	uint64_t prev = 0;
+	for (size_t i = 0; i < n; i++) {
+		const struct store_msg *m = NULL;
+		for (size_t lo = 0, hi = ix->count; lo < hi && m == NULL;) {
+			size_t mid = lo + (hi - lo) / 2;
+			if (ix->msgs[mid].uid == uids[i])
+				m = &ix->msgs[mid];
+			else if (ix->msgs[mid].uid < uids[i])
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		if (m == NULL || m->modseq <= prev) {   /* the reader wants rising modseqs */
+			buf_free(&b);
+			errno = EINVAL;
+			return -1;
+		}
+		prev = m->modseq;
+		char line[8 * 21], *p = line;
+		flags_letters(m->flags, fl);
+		*p++ = 'F';
+		*p++ = ' ';
+		p = put_dec(p, m->uid);
+		*p++ = ' ';
+		p = put_dec(p, m->modseq);
+		*p++ = ' ';
+		for (const char *f = fl[0] != '\0' ? fl : "-"; *f != '\0'; f++)
+			*p++ = *f;
+		*p++ = ' ';
+		p = put_dec(p, m->keywords);
+		*p++ = ' ';
+		*p++ = m->in_new ? 'n' : 'c';
+		*p++ = '\n';
+		buf_append(&b, line, (size_t)(p - line));
+	}
+	char *path = xasprintf("%s/%s", folder_path, INDEX_NAME);
+	int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW);
+	free(path);
+	int rc = fd == -1 ? -1 : util_write_all(fd, b.data, b.len);
+	if (fd != -1) {
+		int saved = errno;
+		if (close(fd) == -1 && rc == 0)
+			rc = -1;
+		else
+			errno = saved;
+	}
 	buf_free(&b);
 	return rc;
 }

@@ -709,11 +709,18 @@ static void store_work(void *job)
 	uint64_t mask;
 	bool changed = false;
 
-	if (store_index_load(j->path, ix, false) == -1 || keywords_mask(ix, j->kws, j->nkws, &mask) == -1) {
+	if (store_index_load(j->path, ix, false) == -1) {
 		j->error = errno;
 		index_free(ix);
 		return;
 	}
+	size_t nkw_before = ix->nkeywords, nchanged = 0;
+	if (keywords_mask(ix, j->kws, j->nkws, &mask) == -1) {
+		j->error = errno;
+		index_free(ix);
+		return;
+	}
+	uint32_t *changed_uids = xreallocarray(NULL, j->n ? j->n : 1, sizeof(uint32_t));
 	for (size_t i = 0; i < j->n && j->error == 0; i++) {
 		struct store_msg *m = (struct store_msg *)msgs_find(ix->msgs, ix->count, j->uids[i]);
 		if (m == NULL)
@@ -733,10 +740,23 @@ static void store_work(void *job)
 		m->flags = nf;
 		m->keywords = nk;
 		m->modseq = ++ix->highestmodseq;
+		changed_uids[nchanged++] = m->uid;
 		changed = true;
 	}
 	if (!changed) {
+		free(changed_uids);
 		index_free(ix);          /* keyword names added for nothing are not kept */
+		return;
+	}
+	/* Appended "F" records while they stay fewer than the messages (at least 256),
+	 * then one rewrite compacts them; new keyword names need the rewrite too. */
+	size_t limit = ix->count > 256 ? ix->count : 256;
+	bool appended = ix->nkeywords == nkw_before && ix->nupdates + nchanged <= limit &&
+	    index_append_updates(j->path, ix, changed_uids, nchanged) == 0;
+	free(changed_uids);
+	if (appended) {
+		ix->nupdates += nchanged;
+		j->have_ix = true;
 		return;
 	}
 	/* Flag changes are not made durable one by one (no fsync of cur/ or new/ after

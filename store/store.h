@@ -149,6 +149,7 @@ struct store_index {
 	size_t count;
 	char *keywords[STORE_MAX_KEYWORDS];   /* IMAP keyword names by bit, owned */
 	size_t nkeywords;
+	size_t nupdates;             /* "F" records read after the messages (flag changes) */
 };
 
 /* Read <folder>/postling.index; -1 if missing or corrupt (caller rebuilds).
@@ -164,6 +165,14 @@ int index_write(const char *folder_path, const struct store_index *ix);
  * and valid, its flags then refreshed from the Maildir file names — but never a
  * torn or empty one. Messages (deliveries, APPEND, COPY, EXPUNGE) use index_write. */
 int index_write_lazy(const char *folder_path, const struct store_index *ix);
+/* Flag changes without rewriting the index (design §5: append-only records,
+ * compacted by a whole rewrite): one "F" line per uid (flags, keywords, modseq,
+ * location as in ix; modseqs rising in uids' order) appended in one write, no
+ * fsync. A crash may cut the last line: the reader drops a cut line, so a torn
+ * append loses that change, never the index. The keyword table must be the one
+ * on disk (new names need index_write). */
+int index_append_updates(const char *folder_path, const struct store_index *ix, const uint32_t *uids,
+    size_t n);
 /* Scan new/ and cur/ and reconcile with ix (which may be empty/fresh): files
  * not in ix get uid = uidnext++ (in delivery-time order), entries whose file
  * is gone are dropped, flags/location/size refreshed. *changed_r tells whether
