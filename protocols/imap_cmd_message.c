@@ -626,7 +626,25 @@ void imap_cmd_move(struct imap_session *s, const struct imap_arg *args)
 
 /* ---------------------------------------------------------------- SEARCH */
 
+/* Messages whose text a SEARCH needs are opened SEARCH_AHEAD at a time: the opens
+ * (which bring small files' contents along) run side by side on the workers while
+ * the reactor matches the ones already in; results stay in message order. */
+#define SEARCH_AHEAD 16
+
+struct search_ctx;
+struct search_slot {
+	struct imap_session *s;
+	size_t i;                    /* map index */
+	struct store_req *req;
+	struct store_file *f;
+	int error;
+	bool done;
+};
+
 struct search_ctx {
+	struct search_slot slots[SEARCH_AHEAD];   /* slot of map index i: slots[i % SEARCH_AHEAD] */
+	size_t issued;               /* map indices below this have a slot (or were skipped) */
+	bool waiting;                /* search_run returns until a slot is done */
 	struct imap_search *prog;
 	struct imap_search_opts opts;
 	unsigned needs;
@@ -642,6 +660,10 @@ struct search_ctx {
 static void search_ctx_free(void *p)
 {
 	struct search_ctx *c = p;
+	for (size_t k = 0; k < SEARCH_AHEAD; k++) {
+		store_cancel(&c->slots[k].req);
+		store_file_close(&c->slots[k].f);
+	}
 	imap_search_free(&c->prog);
 	free(c->saved_copy);
 	free(c->res);
@@ -702,10 +724,85 @@ static void search_finish(struct imap_session *s)
 	imap_tagged(s, "OK", "SEARCH completed");
 }
 
+static void slot_opened(void *arg, int error, struct store_file *f)
+{
+	struct search_slot *sl = arg;
+	struct imap_session *s = sl->s;
+	struct search_ctx *c = s->cmd_ctx;
+	sl->req = NULL;
+	sl->f = f;
+	sl->error = error;
+	sl->done = true;
+	if (c->waiting && sl->i == c->next) {
+		c->waiting = false;
+		search_run(s);
+	}
+}
+
+/* Opens the messages from c->issued on, up to SEARCH_AHEAD past c->next. */
+static void search_issue(struct imap_session *s, struct search_ctx *c)
+{
+	while (c->issued < s->nmsgs && c->issued < c->next + SEARCH_AHEAD) {
+		size_t i = c->issued++;
+		struct search_slot *sl = &c->slots[i % SEARCH_AHEAD];
+		*sl = (struct search_slot){ .s = s, .i = i };
+		const struct store_msg *m = s->msgs[i].expunged ? NULL : store_mailbox_find(s->mb, s->msgs[i].uid);
+		if (m == NULL) {
+			sl->error = ENOENT;
+			sl->done = true;
+			continue;
+		}
+		sl->req = store_mailbox_file_open(s->mb, m, slot_opened, sl);
+	}
+}
+
+/* Matches the messages whose slots are done, in order; false when it must wait
+ * (a slot still open, or a big message loaded the ordinary way). */
+static bool search_content(struct imap_session *s, struct search_ctx *c)
+{
+	for (;;) {
+		search_issue(s, c);
+		if (c->next >= s->nmsgs)
+			return true;
+		struct search_slot *sl = &c->slots[c->next % SEARCH_AHEAD];
+		if (!sl->done) {
+			c->waiting = true;
+			imap_set_busy(s, true);
+			return false;
+		}
+		size_t len;
+		const char *data = sl->f != NULL ? store_file_contents(sl->f, &len) : NULL;
+		if (sl->error == 0 && data == NULL) {
+			/* bigger than the open brings along: read it whole, then go on */
+			store_file_close(&sl->f);
+			sl->done = false;
+			const char *d;
+			const struct mime_message *mime;
+			if (imap_msg_load(s, s->msgs[c->next].uid, true, search_loaded, &d, &len, &mime) == 0) {
+				imap_set_busy(s, true);
+				return false;
+			}
+			search_eval(s, c->next, d, len, mime);
+		} else if (sl->error == 0) {
+			struct mime_message *mime = mime_parse(data, len, NULL);
+			search_eval(s, c->next, data, len, mime);
+			mime_message_free(&mime);
+		}
+		store_file_close(&sl->f);
+		sl->done = false;
+		c->next++;
+	}
+}
+
 static void search_run(struct imap_session *s)
 {
 	struct search_ctx *c = s->cmd_ctx;
 	bool content = c->needs & (IMAP_SEARCH_NEED_HEADER | IMAP_SEARCH_NEED_BODY);
+	if (content) {
+		if (!s->closed && search_content(s, c))
+			search_finish(s);
+		return;
+	}
 	while (c->next < s->nmsgs && !s->closed) {
 		size_t i = c->next;
 		if (s->msgs[i].expunged) {
