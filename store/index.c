@@ -853,6 +853,17 @@ char *index_msg_path(const char *folder_path, const struct store_msg *m)
 	return rel;
 }
 
+char *index_msg_guess_path(const char *folder_path, const struct store_msg *m)
+{
+	if (m->base == NULL || !base_safe(m->base))
+		return NULL;
+	if (m->in_new)
+		return xasprintf("%s/new/%s", folder_path, m->base);
+	char fl[8];
+	flags_letters(m->flags, fl);
+	return xasprintf("%s/cur/%s:2,%s", folder_path, m->base, fl);
+}
+
 char *index_msg_full_path(const char *folder_path, const struct store_msg *m)
 {
 	char *rel = index_msg_path(folder_path, m);

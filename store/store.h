@@ -193,6 +193,10 @@ char *index_msg_path(const char *folder_path, const struct store_msg *m);
 /* The same as a full malloc'ed path "<folder_path>/<new|cur>/<name>"; NULL with
  * errno (ENOENT: no such file) as index_msg_path. */
 char *index_msg_full_path(const char *folder_path, const struct store_msg *m);
+/* Where m's file is when nobody renamed it since the index was written
+ * ("new/<base>" or "cur/<base>:2,<flags>"), as a full path: what an open tries
+ * before searching the directories. NULL for an unsafe base. */
+char *index_msg_guess_path(const char *folder_path, const struct store_msg *m);
 
 /* ---------------------------------------------------------------- store.c */
 
