@@ -626,25 +626,17 @@ void imap_cmd_move(struct imap_session *s, const struct imap_arg *args)
 
 /* ---------------------------------------------------------------- SEARCH */
 
-/* Messages whose text a SEARCH needs are opened SEARCH_AHEAD at a time: the opens
- * (which bring small files' contents along) run side by side on the workers while
- * the reactor matches the ones already in; results stay in message order. */
-#define SEARCH_AHEAD 16
-
-struct search_ctx;
-struct search_slot {
-	struct imap_session *s;
-	size_t i;                    /* map index */
-	struct store_req *req;
-	struct store_file *f;
-	int error;
-	bool done;
-};
+/* Messages whose text a SEARCH needs are read SEARCH_BATCH at a time in one
+ * worker job (store_mailbox_read_many: one hand-off per batch, not per message);
+ * bigger ones are loaded whole the ordinary way. Results stay in message order. */
+#define SEARCH_BATCH 64
 
 struct search_ctx {
-	struct search_slot slots[SEARCH_AHEAD];   /* slot of map index i: slots[i % SEARCH_AHEAD] */
-	size_t issued;               /* map indices below this have a slot (or were skipped) */
-	bool waiting;                /* search_run returns until a slot is done */
+	struct imap_session *s;
+	struct store_req *breq;      /* the batch being read */
+	struct store_blob *blobs;    /* the batch read: map indices bidx[k] */
+	size_t *bidx;
+	size_t nblobs, bpos;         /* next blob to match */
 	struct imap_search *prog;
 	struct imap_search_opts opts;
 	unsigned needs;
@@ -660,10 +652,9 @@ struct search_ctx {
 static void search_ctx_free(void *p)
 {
 	struct search_ctx *c = p;
-	for (size_t k = 0; k < SEARCH_AHEAD; k++) {
-		store_cancel(&c->slots[k].req);
-		store_file_close(&c->slots[k].f);
-	}
+	store_cancel(&c->breq);
+	store_blobs_free(c->blobs, c->nblobs);
+	free(c->bidx);
 	imap_search_free(&c->prog);
 	free(c->saved_copy);
 	free(c->res);
@@ -724,73 +715,64 @@ static void search_finish(struct imap_session *s)
 	imap_tagged(s, "OK", "SEARCH completed");
 }
 
-static void slot_opened(void *arg, int error, struct store_file *f)
+static void batch_read(void *arg, struct store_blob *blobs, size_t n)
 {
-	struct search_slot *sl = arg;
-	struct imap_session *s = sl->s;
-	struct search_ctx *c = s->cmd_ctx;
-	sl->req = NULL;
-	sl->f = f;
-	sl->error = error;
-	sl->done = true;
-	if (c->waiting && sl->i == c->next) {
-		c->waiting = false;
-		search_run(s);
-	}
+	struct search_ctx *c = arg;
+	c->breq = NULL;
+	c->blobs = blobs;
+	c->nblobs = n;
+	c->bpos = 0;
+	search_run(c->s);
 }
 
-/* Opens the messages from c->issued on, up to SEARCH_AHEAD past c->next. */
-static void search_issue(struct imap_session *s, struct search_ctx *c)
-{
-	while (c->issued < s->nmsgs && c->issued < c->next + SEARCH_AHEAD) {
-		size_t i = c->issued++;
-		struct search_slot *sl = &c->slots[i % SEARCH_AHEAD];
-		*sl = (struct search_slot){ .s = s, .i = i };
-		const struct store_msg *m = s->msgs[i].expunged ? NULL : store_mailbox_find(s->mb, s->msgs[i].uid);
-		if (m == NULL) {
-			sl->error = ENOENT;
-			sl->done = true;
-			continue;
-		}
-		sl->req = store_mailbox_file_open(s->mb, m, slot_opened, sl);
-	}
-}
-
-/* Matches the messages whose slots are done, in order; false when it must wait
- * (a slot still open, or a big message loaded the ordinary way). */
+/* Matches the batch read, then reads the next; false when it must wait. */
 static bool search_content(struct imap_session *s, struct search_ctx *c)
 {
 	for (;;) {
-		search_issue(s, c);
-		if (c->next >= s->nmsgs)
-			return true;
-		struct search_slot *sl = &c->slots[c->next % SEARCH_AHEAD];
-		if (!sl->done) {
-			c->waiting = true;
-			imap_set_busy(s, true);
-			return false;
-		}
-		size_t len;
-		const char *data = sl->f != NULL ? store_file_contents(sl->f, &len) : NULL;
-		if (sl->error == 0 && data == NULL) {
-			/* bigger than the open brings along: read it whole, then go on */
-			store_file_close(&sl->f);
-			sl->done = false;
-			const char *d;
-			const struct mime_message *mime;
-			if (imap_msg_load(s, s->msgs[c->next].uid, true, search_loaded, &d, &len, &mime) == 0) {
-				imap_set_busy(s, true);
-				return false;
+		while (c->blobs != NULL && c->bpos < c->nblobs) {
+			struct store_blob *b = &c->blobs[c->bpos];
+			size_t i = c->bidx[c->bpos];
+			if (b->error == EFBIG && c->next <= i) {
+				/* too big for a batch: read it whole, then go on (search_loaded) */
+				c->next = i;
+				const char *d;
+				size_t len;
+				const struct mime_message *mime;
+				if (imap_msg_load(s, s->msgs[i].uid, true, search_loaded, &d, &len, &mime) == 0) {
+					imap_set_busy(s, true);
+					return false;
+				}
+				search_eval(s, i, d, len, mime);
+			} else if (b->error == 0) {
+				struct mime_message *mime = mime_parse(b->data, b->len, NULL);
+				search_eval(s, i, b->data, b->len, mime);
+				mime_message_free(&mime);
 			}
-			search_eval(s, c->next, d, len, mime);
-		} else if (sl->error == 0) {
-			struct mime_message *mime = mime_parse(data, len, NULL);
-			search_eval(s, c->next, data, len, mime);
-			mime_message_free(&mime);
+			c->bpos++;
+			c->next = i + 1;
 		}
-		store_file_close(&sl->f);
-		sl->done = false;
-		c->next++;
+		store_blobs_free(c->blobs, c->nblobs);
+		c->blobs = NULL;
+		c->nblobs = c->bpos = 0;
+		/* the next batch: the messages still in the folder from c->next on */
+		const struct store_msg *ms[SEARCH_BATCH];
+		size_t n = 0;
+		if (c->bidx == NULL)
+			c->bidx = xcalloc(SEARCH_BATCH, sizeof(*c->bidx));
+		for (; c->next < s->nmsgs && n < SEARCH_BATCH; c->next++) {
+			const struct store_msg *m = s->msgs[c->next].expunged ? NULL
+			    : store_mailbox_find(s->mb, s->msgs[c->next].uid);
+			if (m != NULL) {
+				c->bidx[n] = c->next;
+				ms[n++] = m;
+			}
+		}
+		if (n == 0)
+			return true;
+		c->next = c->bidx[0];    /* advanced again as the batch is matched */
+		c->breq = store_mailbox_read_many(s->mb, ms, n, batch_read, c);
+		imap_set_busy(s, true);
+		return false;
 	}
 }
 
@@ -850,6 +832,7 @@ void imap_cmd_search(struct imap_session *s, const struct imap_arg *args)
 		c->nsaved = s->nsaved;
 	}
 	c->res = xcalloc(s->nmsgs ? s->nmsgs : 1, sizeof(uint32_t));
+	c->s = s;
 	c->max_seq = s->nmsgs;
 	c->max_uid = s->nmsgs ? s->msgs[s->nmsgs - 1].uid : 0;
 	imap_set_ctx(s, c, search_ctx_free);

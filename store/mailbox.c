@@ -1163,6 +1163,12 @@ struct store_req *store_append(struct store *s, const char *user, const char *na
 
 /* ------------------------------------------------------------ files */
 
+struct store_req *store_mailbox_read_many(struct store_mailbox *mb, const struct store_msg *const *msgs,
+    size_t n, store_blobs_cb cb, void *arg)
+{
+	return store_read_many(mb->s, mb->path, msgs, n, cb, arg);
+}
+
 /* Reads need no order: a file renamed meanwhile is found by its base. */
 struct store_req *store_mailbox_file_open(struct store_mailbox *mb, const struct store_msg *m,
     store_file_cb cb, void *arg)

@@ -80,6 +80,13 @@ struct read_job {
 	char *data;                  /* owned, maxlen bytes */
 };
 
+struct many_job {
+	char *path;                  /* folder, owned */
+	struct store_msg *msgs;      /* owned copies */
+	struct store_blob *blobs;    /* results, one per message */
+	size_t n;
+};
+
 struct expunge_job {
 	char *path;                  /* owned */
 	struct store_msg *msgs;      /* owned copies of the messages to remove */
@@ -128,6 +135,7 @@ struct store_req {
 		store_file_cb file;
 		store_read_cb read;
 		store_done_cb done;
+		store_blobs_cb blobs;
 	} cb;
 	union {
 		struct open_job open;
@@ -136,6 +144,7 @@ struct store_req {
 		struct expunge_job expunge;
 		struct deliver_job deliver;
 		struct gen_job gen;
+		struct many_job many;
 	} u;
 };
 
@@ -585,6 +594,86 @@ struct store_req *store_file_open(struct store *s, const struct store_view *v, c
 	r->u.fopen.path = xstrdup(v->path);
 	msg_copy(&r->u.fopen.msg, m);
 	return req_start(r, NULL);
+}
+
+/* ------------------------------------------------------------ several small files */
+
+static void many_work(void *arg)
+{
+	struct store_req *r = arg;
+	struct many_job *j = &r->u.many;
+	for (size_t i = 0; i < j->n; i++) {
+		struct store_blob *b = &j->blobs[i];
+		int fd = -1;
+		for (int k = 0; k < OPEN_RETRIES && fd == -1; k++)
+			if ((fd = open_msg(j->path, &j->msgs[i])) == -1 && errno != ENOENT)
+				break;
+		if (fd == -1) {
+			b->error = errno;
+			continue;
+		}
+		struct store_file f = { .fd = fd };
+		struct stat st;
+		if (fstat(fd, &st) == -1) {
+			b->error = errno;
+		} else {
+			f.size = (uint64_t)st.st_size;
+			prefetch(&f);
+			if (f.data != NULL) {
+				b->data = f.data;
+				b->len = f.data_len;
+			} else {
+				b->error = f.size > STORE_PREFETCH_MAX ? EFBIG : EIO;
+			}
+		}
+		close(fd);
+	}
+}
+
+static void many_complete(struct store_req *r)
+{
+	struct many_job *j = &r->u.many;
+	struct store_blob *b = j->blobs;
+	j->blobs = NULL;             /* the callback owns them now */
+	r->cb.blobs(r->arg, b, j->n);
+}
+
+static void many_release(struct store_req *r)
+{
+	struct many_job *j = &r->u.many;
+	free(j->path);
+	for (size_t i = 0; i < j->n; i++)
+		free(j->msgs[i].base);
+	free(j->msgs);
+	store_blobs_free(j->blobs, j->n);
+}
+
+static const struct req_ops many_ops = { many_work, many_complete, many_release, NULL };
+
+struct store_req *store_read_many(struct store *s, const char *folder_path, const struct store_msg *const *msgs,
+    size_t n, store_blobs_cb cb, void *arg)
+{
+	struct store_req *r = req_new(s, &many_ops, arg);
+	struct many_job *j = &r->u.many;
+	r->cb.blobs = cb;
+	j->path = xstrdup(folder_path);
+	j->n = n;
+	j->msgs = xcalloc(n ? n : 1, sizeof(*j->msgs));
+	j->blobs = xcalloc(n ? n : 1, sizeof(*j->blobs));
+	for (size_t i = 0; i < n; i++) {
+		msg_copy(&j->msgs[i], msgs[i]);
+		j->blobs[i].uid = msgs[i]->uid;
+	}
+	return req_start(r, NULL);
+}
+
+void store_blobs_free(struct store_blob *b, size_t n)
+{
+	if (b == NULL)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(b[i].data);
+	free(b);
 }
 
 static void read_work(void *arg)

@@ -251,6 +251,11 @@ uint64_t store_file_size(const struct store_file *f);
  * their contents (NUL-terminated, valid until store_file_close), else NULL. */
 #define STORE_PREFETCH_MAX (64 * 1024)
 const char *store_file_contents(const struct store_file *f, size_t *len_r);
+/* store_mailbox_read_many's worker side, by folder path (mailbox.c). */
+struct store_blob;
+typedef void (*store_blobs_cb)(void *arg, struct store_blob *blobs, size_t n);
+struct store_req *store_read_many(struct store *s, const char *folder_path, const struct store_msg *const *msgs,
+    size_t n, store_blobs_cb cb, void *arg);
 /* May be called with reads in flight: the fd is closed when the last one ends. */
 void store_file_close(struct store_file **f_r);
 
@@ -426,6 +431,21 @@ struct store_req *store_append(struct store *s, const char *user, const char *na
 /* Reading a message of a shared mailbox (FETCH, SEARCH): like store_file_open. */
 struct store_req *store_mailbox_file_open(struct store_mailbox *mb, const struct store_msg *m,
     store_file_cb cb, void *arg);
+
+/* Several small messages read whole in one worker job (SEARCH: one hand-off
+ * for a batch instead of one per message). A message over STORE_PREFETCH_MAX
+ * octets comes back with error EFBIG and no data (read it with the file API);
+ * one that cannot be read with its errno. */
+struct store_blob {
+	uint32_t uid;
+	int error;
+	char *data;                  /* malloc'ed, NUL-terminated, or NULL */
+	size_t len;
+};
+typedef void (*store_blobs_cb)(void *arg, struct store_blob *blobs, size_t n);   /* blobs owned by cb */
+struct store_req *store_mailbox_read_many(struct store_mailbox *mb, const struct store_msg *const *msgs,
+    size_t n, store_blobs_cb cb, void *arg);
+void store_blobs_free(struct store_blob *b, size_t n);
 
 /* ---------------------------------------------------------------- store/ internals */
 /* Between store.c and mailbox.c only; nothing outside store/ calls these. */
