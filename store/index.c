@@ -338,12 +338,26 @@ static char *put_dec(char *p, uint64_t v)
 	return p;
 }
 
+/* "<uid> <modseq> <flags|-> <keywords>": what a record and an F record share. */
+static char *put_state(char *p, const struct store_msg *m)
+{
+	char fl[8];
+	flags_letters(m->flags, fl);
+	p = put_dec(p, m->uid);
+	*p++ = ' ';
+	p = put_dec(p, m->modseq);
+	*p++ = ' ';
+	for (const char *f = fl[0] != '\0' ? fl : "-"; *f != '\0'; f++)
+		*p++ = *f;
+	*p++ = ' ';
+	return put_dec(p, m->keywords);
+}
+
 /* maildir_file fill: the index as text, in FLUSH_AT pieces. */
 static int write_records(int fd, const void *arg)
 {
 	const struct store_index *ix = arg;
 	struct buf b;
-	char fl[8];
 	int rc = 0;
 
 	buf_init(&b, SIZE_MAX / 2);
@@ -355,16 +369,7 @@ static int write_records(int fd, const void *arg)
 		const struct store_msg *m = &ix->msgs[i];
 		/* "<uid> <modseq> <flags|-> <keywords> <size> <date> <n|c> " (as parse_record reads it;
 		 * every value is non-negative: DATE_MAX bounds the date) */
-		char line[8 * 21], *p = line;
-		flags_letters(m->flags, fl);
-		p = put_dec(p, m->uid);
-		*p++ = ' ';
-		p = put_dec(p, m->modseq);
-		*p++ = ' ';
-		for (const char *f = fl[0] != '\0' ? fl : "-"; *f != '\0'; f++)
-			*p++ = *f;
-		*p++ = ' ';
-		p = put_dec(p, m->keywords);
+		char line[8 * 21], *p = put_state(line, m);
 		*p++ = ' ';
 		p = put_dec(p, m->size);
 		*p++ = ' ';
@@ -390,7 +395,6 @@ int index_append_updates(const char *folder_path, const struct store_index *ix, 
     size_t n)
 {
 	struct buf b;
-	char fl[8];
 	buf_init(&b, SIZE_MAX / 2);
 	uint64_t prev = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -410,18 +414,7 @@ int index_append_updates(const char *folder_path, const struct store_index *ix, 
 			return -1;
 		}
 		prev = m->modseq;
-		char line[8 * 21], *p = line;
-		flags_letters(m->flags, fl);
-		*p++ = 'F';
-		*p++ = ' ';
-		p = put_dec(p, m->uid);
-		*p++ = ' ';
-		p = put_dec(p, m->modseq);
-		*p++ = ' ';
-		for (const char *f = fl[0] != '\0' ? fl : "-"; *f != '\0'; f++)
-			*p++ = *f;
-		*p++ = ' ';
-		p = put_dec(p, m->keywords);
+		char line[8 * 21] = "F ", *p = put_state(line + 2, m);
 		*p++ = ' ';
 		*p++ = m->in_new ? 'n' : 'c';
 		*p++ = '\n';
