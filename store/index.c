@@ -235,6 +235,21 @@ static size_t count_lines(const char *p, size_t len)
 	return n;
 }
 
+struct store_msg *index_find(const struct store_msg *msgs, size_t count, uint32_t uid)
+{
+	size_t lo = 0, hi = count;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (msgs[mid].uid == uid)
+			return (struct store_msg *)&msgs[mid];
+		if (msgs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
 /* "F <uid> <modseq> <flags|-> <keywords> <n|c>": a flag change appended after the
  * messages (index_append_updates). The uid must be indexed, the modseq above
  * every one before it, the keywords known. */
@@ -251,17 +266,9 @@ static bool parse_update(const char *p, const char *end, struct store_index *ix)
 	    !flags_parse(fs.p[3], fs.len[3], &flags) || !FIELD_NUM(&fs, 4, 0, UINT64_MAX, &kw) ||
 	    (kw & ~kwmax) != 0 || fs.len[5] != 1 || (fs.p[5][0] != 'n' && fs.p[5][0] != 'c'))
 		return false;
-	size_t lo = 0, hi = ix->count;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (ix->msgs[mid].uid < uid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	if (lo == ix->count || ix->msgs[lo].uid != uid)
+	struct store_msg *m = index_find(ix->msgs, ix->count, (uint32_t)uid);
+	if (m == NULL)
 		return false;
-	struct store_msg *m = &ix->msgs[lo];
 	m->flags = flags;
 	m->keywords = kw;
 	m->modseq = modseq;
@@ -398,16 +405,7 @@ int index_append_updates(const char *folder_path, const struct store_index *ix, 
 	buf_init(&b, SIZE_MAX / 2);
 	uint64_t prev = 0;
 	for (size_t i = 0; i < n; i++) {
-		const struct store_msg *m = NULL;
-		for (size_t lo = 0, hi = ix->count; lo < hi && m == NULL;) {
-			size_t mid = lo + (hi - lo) / 2;
-			if (ix->msgs[mid].uid == uids[i])
-				m = &ix->msgs[mid];
-			else if (ix->msgs[mid].uid < uids[i])
-				lo = mid + 1;
-			else
-				hi = mid;
-		}
+		const struct store_msg *m = index_find(ix->msgs, ix->count, uids[i]);
 		if (m == NULL || m->modseq <= prev) {   /* the reader wants rising modseqs */
 			buf_free(&b);
 			errno = EINVAL;

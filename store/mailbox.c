@@ -285,24 +285,9 @@ const char *store_mailbox_name(const struct store_mailbox *mb)
 	return mb->name;
 }
 
-static const struct store_msg *msgs_find(const struct store_msg *msgs, size_t count, uint32_t uid)
-{
-	size_t lo = 0, hi = count;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (msgs[mid].uid == uid)
-			return &msgs[mid];
-		if (msgs[mid].uid < uid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return NULL;
-}
-
 const struct store_msg *store_mailbox_find(const struct store_mailbox *mb, uint32_t uid)
 {
-	return msgs_find(mb->ix.msgs, mb->ix.count, uid);
+	return index_find(mb->ix.msgs, mb->ix.count, uid);
 }
 
 struct store_watch *store_mailbox_watch(struct store_mailbox *mb, void (*changed)(void *arg), void *arg)
@@ -467,7 +452,7 @@ static int expunge_files(const char *path, struct store_index *ix, const uint32_
 {
 	int err = 0;
 	for (size_t i = 0; i < n; i++) {
-		const struct store_msg *m = msgs_find(ix->msgs, ix->count, uids[i]);
+		const struct store_msg *m = index_find(ix->msgs, ix->count, uids[i]);
 		if (m == NULL)
 			continue;
 		char *full = index_msg_full_path(path, m);
@@ -722,7 +707,7 @@ static void store_work(void *job)
 	}
 	uint32_t *changed_uids = xreallocarray(NULL, j->n ? j->n : 1, sizeof(uint32_t));
 	for (size_t i = 0; i < j->n && j->error == 0; i++) {
-		struct store_msg *m = (struct store_msg *)msgs_find(ix->msgs, ix->count, j->uids[i]);
+		struct store_msg *m = index_find(ix->msgs, ix->count, j->uids[i]);
 		if (m == NULL)
 			continue;
 		uint32_t nf = op_apply32(j->op, m->flags, j->flags) & MF_ALL;
@@ -911,7 +896,7 @@ static int copy_select(struct mjob *j, const struct store_index *six, struct sto
 	size_t n = 0;
 	int rc = 0;
 	for (size_t i = 0; i < j->n && rc == 0; i++) {
-		const struct store_msg *m = msgs_find(six->msgs, six->count, j->uids[i]);
+		const struct store_msg *m = index_find(six->msgs, six->count, j->uids[i]);
 		if (m == NULL)
 			continue;
 		sel[n] = *m;

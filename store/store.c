@@ -546,26 +546,36 @@ static int open_msg(const char *folder, const struct store_msg *m)
 	return fd;
 }
 
+/* Opens m's file into f (fd, size, and the contents when small): 0, or an
+ * errno value. A file renamed between lookup and open is looked up again. */
+static int file_open(const char *folder, const struct store_msg *m, struct store_file *f)
+{
+	struct stat st;
+	int fd = -1;
+	for (int i = 0; i < OPEN_RETRIES && fd == -1; i++)
+		if ((fd = open_msg(folder, m)) == -1 && errno != ENOENT)
+			break;
+	if (fd == -1 || fstat(fd, &st) == -1) {
+		int e = errno;
+		if (fd != -1)
+			close(fd);
+		return e;
+	}
+	f->fd = fd;
+	f->size = (uint64_t)st.st_size;
+	prefetch(f);
+	return 0;
+}
+
 static void fopen_work(void *arg)
 {
 	struct store_req *r = arg;
 	struct fopen_job *j = &r->u.fopen;
-	struct stat st;
-	int fd = -1;
-
-	for (int i = 0; i < OPEN_RETRIES && fd == -1; i++)
-		if ((fd = open_msg(j->path, &j->msg)) == -1 && errno != ENOENT)
-			break;
-	if (fd == -1 || fstat(fd, &st) == -1) {
-		r->error = errno;
-		if (fd != -1)
-			close(fd);
+	struct store_file f = { .fd = -1 };
+	if ((r->error = file_open(j->path, &j->msg, &f)) != 0)
 		return;
-	}
-	j->f = xcalloc(1, sizeof(*j->f));
-	j->f->fd = fd;
-	j->f->size = (uint64_t)st.st_size;
-	prefetch(j->f);
+	j->f = xmalloc(sizeof(*j->f));
+	*j->f = f;
 }
 
 static void fopen_complete(struct store_req *r)
@@ -604,29 +614,16 @@ static void many_work(void *arg)
 	struct many_job *j = &r->u.many;
 	for (size_t i = 0; i < j->n; i++) {
 		struct store_blob *b = &j->blobs[i];
-		int fd = -1;
-		for (int k = 0; k < OPEN_RETRIES && fd == -1; k++)
-			if ((fd = open_msg(j->path, &j->msgs[i])) == -1 && errno != ENOENT)
-				break;
-		if (fd == -1) {
-			b->error = errno;
+		struct store_file f = { .fd = -1 };
+		if ((b->error = file_open(j->path, &j->msgs[i], &f)) != 0)
 			continue;
-		}
-		struct store_file f = { .fd = fd };
-		struct stat st;
-		if (fstat(fd, &st) == -1) {
-			b->error = errno;
+		if (f.data != NULL) {
+			b->data = f.data;    /* the blob takes the contents */
+			b->len = f.data_len;
 		} else {
-			f.size = (uint64_t)st.st_size;
-			prefetch(&f);
-			if (f.data != NULL) {
-				b->data = f.data;
-				b->len = f.data_len;
-			} else {
-				b->error = f.size > STORE_PREFETCH_MAX ? EFBIG : EIO;
-			}
+			b->error = f.size > STORE_PREFETCH_MAX ? EFBIG : EIO;
 		}
-		close(fd);
+		close(f.fd);
 	}
 }
 
@@ -808,21 +805,6 @@ static void expunge_apply(struct store_req *r)
 
 static const struct req_ops expunge_ops = { expunge_work, done_complete, expunge_release, expunge_apply };
 
-static const struct store_msg *view_find(const struct store_view *v, uint32_t uid)
-{
-	size_t lo = 0, hi = v->count;
-	while (lo < hi) {
-		size_t mid = lo + (hi - lo) / 2;
-		if (v->msgs[mid].uid == uid)
-			return &v->msgs[mid];
-		if (v->msgs[mid].uid < uid)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return NULL;
-}
-
 /* Files are found by base name, not uid, so an index rebuilt meanwhile
  * cannot make us remove the wrong message. */
 struct store_req *store_expunge(struct store *s, const struct store_view *v, const uint32_t *uids,
@@ -835,7 +817,7 @@ struct store_req *store_expunge(struct store *s, const struct store_view *v, con
 	j->path = xstrdup(v->path);
 	j->msgs = xreallocarray(NULL, nuids ? nuids : 1, sizeof(*j->msgs));
 	for (size_t i = 0; i < nuids; i++) {
-		const struct store_msg *m = view_find(v, uids[i]);
+		const struct store_msg *m = index_find(v->msgs, v->count, uids[i]);
 		if (m != NULL)
 			msg_copy(&j->msgs[j->count++], m);
 	}

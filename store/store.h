@@ -158,6 +158,9 @@ struct store_index {
  * no messages), so a rebuild keeps UIDVALIDITY and numbers the files from the
  * old UIDNEXT: no UID is ever reused (RFC 3501 §2.3.1.1). */
 int index_read(const char *folder_path, struct store_index *ix);
+/* The message with this uid in msgs[0..count) (sorted by uid, as every index
+ * and view keeps them), or NULL. */
+struct store_msg *index_find(const struct store_msg *msgs, size_t count, uint32_t uid);
 /* Atomic rewrite: postling.index.tmp, fsync, rename, fsync dir. */
 int index_write(const char *folder_path, const struct store_index *ix);
 /* The same without the directory fsync after the rename: for flag and keyword
@@ -251,9 +254,19 @@ uint64_t store_file_size(const struct store_file *f);
  * their contents (NUL-terminated, valid until store_file_close), else NULL. */
 #define STORE_PREFETCH_MAX (64 * 1024)
 const char *store_file_contents(const struct store_file *f, size_t *len_r);
+/* Several small messages read whole in one worker job (SEARCH: one hand-off
+ * for a batch instead of one per message). A message over STORE_PREFETCH_MAX
+ * octets comes back with error EFBIG and no data (read it with the file API);
+ * one that cannot be read with its errno. */
+struct store_blob {
+	uint32_t uid;
+	int error;
+	char *data;                  /* malloc'ed, NUL-terminated, or NULL */
+	size_t len;
+};
+typedef void (*store_blobs_cb)(void *arg, struct store_blob *blobs, size_t n);   /* blobs owned by cb */
+void store_blobs_free(struct store_blob *b, size_t n);
 /* store_mailbox_read_many's worker side, by folder path (mailbox.c). */
-struct store_blob;
-typedef void (*store_blobs_cb)(void *arg, struct store_blob *blobs, size_t n);
 struct store_req *store_read_many(struct store *s, const char *folder_path, const struct store_msg *const *msgs,
     size_t n, store_blobs_cb cb, void *arg);
 /* May be called with reads in flight: the fd is closed when the last one ends. */
@@ -432,20 +445,9 @@ struct store_req *store_append(struct store *s, const char *user, const char *na
 struct store_req *store_mailbox_file_open(struct store_mailbox *mb, const struct store_msg *m,
     store_file_cb cb, void *arg);
 
-/* Several small messages read whole in one worker job (SEARCH: one hand-off
- * for a batch instead of one per message). A message over STORE_PREFETCH_MAX
- * octets comes back with error EFBIG and no data (read it with the file API);
- * one that cannot be read with its errno. */
-struct store_blob {
-	uint32_t uid;
-	int error;
-	char *data;                  /* malloc'ed, NUL-terminated, or NULL */
-	size_t len;
-};
-typedef void (*store_blobs_cb)(void *arg, struct store_blob *blobs, size_t n);   /* blobs owned by cb */
+/* Several small messages of a shared mailbox read in one job (store_blob above). */
 struct store_req *store_mailbox_read_many(struct store_mailbox *mb, const struct store_msg *const *msgs,
     size_t n, store_blobs_cb cb, void *arg);
-void store_blobs_free(struct store_blob *b, size_t n);
 
 /* ---------------------------------------------------------------- store/ internals */
 /* Between store.c and mailbox.c only; nothing outside store/ calls these. */
