@@ -10,7 +10,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +22,7 @@
 #include "common/util.h"
 #include "common/xmalloc.h"
 #include "store/store.h"
+#include "tests/unit/files.h"
 
 #define HOST "mx.example.org"
 #define USER "bob@example.org"
@@ -57,16 +57,11 @@ static int fx_setup(void **state)
 	return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 static int fx_teardown(void **state)
 {
 	struct fx *fx = *state;
 	store_free(&fx->s);
-	nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(fx->dir);
 	event_free(fx->tick);
 	event_base_free(fx->base);
 	free(fx->user_path);

@@ -12,7 +12,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -34,6 +33,7 @@
 #include "common/xmalloc.h"
 #include "relay/relay.h"
 #include "store/store.h"
+#include "tests/unit/files.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -99,22 +99,6 @@ static char *read_file(const char *path, size_t *len_r)
 	if (len_r != NULL)
 		*len_r = b.n;
 	return b.p;
-}
-
-static void write_file(const char *path, const char *data, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	assert_non_null(f);
-	assert_int_equal(fwrite(data, 1, len, f), len);
-	assert_int_equal(fclose(f), 0);
-}
-
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
 }
 
 /* a port on 127.0.0.1 where nothing listens: connecting is refused */
@@ -209,7 +193,7 @@ static int fx_teardown(void **state)
 	event_base_free(fx->base);
 	SSL_CTX_free(fx->tls);
 	free(fx->log);
-	nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(fx->dir);
 	free(fx);
 	return 0;
 }
@@ -1176,7 +1160,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
 	(void)state;
-	nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(g_dir);
 	return 0;
 }
 

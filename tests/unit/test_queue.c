@@ -11,7 +11,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,6 +29,7 @@
 #include "common/xmalloc.h"
 #include "relay/relay.h"
 #include "store/store.h"
+#include "tests/unit/files.h"
 
 #define ID_A "0000000a00000001"
 #define ID_B "0000000b00000002"
@@ -71,19 +71,11 @@ static int fx_setup(void **state)
 	return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
 static int fx_teardown(void **state)
 {
 	struct fx *fx = *state;
 	queue_set_fault_hook(NULL);
-	nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(fx->dir);
 	event_free(fx->tick);
 	event_base_free(fx->base);
 	free(fx->dir);
@@ -113,28 +105,6 @@ static void run_idle(struct fx *fx, struct aio *a)
 }
 
 /* ------------------------------------------------------------ file helpers */
-
-static void write_file(const char *path, const char *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	assert_true(fd != -1);
-	assert_int_equal(util_write_all(fd, data, len), 0);
-	close(fd);
-}
-
-static char *slurp(const char *path, size_t *len_r)
-{
-	struct buf b;
-	char tmp[4096];
-	int fd = open(path, O_RDONLY);
-	assert_true(fd != -1);
-	buf_init(&b, SIZE_MAX / 2);
-	ssize_t n;
-	while ((n = read(fd, tmp, sizeof(tmp))) > 0)
-		buf_append(&b, tmp, (size_t)n);
-	close(fd);
-	return buf_steal(&b, len_r);
-}
 
 static int name_cmp(const void *a, const void *b)
 {

@@ -8,7 +8,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -24,6 +23,7 @@
 #include "common/util.h"
 #include "common/xmalloc.h"
 #include "store/store.h"
+#include "tests/unit/files.h"
 
 #define HOST "mx.example.org"
 
@@ -54,15 +54,10 @@ static int fx_setup(void **state)
 	return 0;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(path);
-}
-
 static int fx_teardown(void **state)
 {
 	struct fx *fx = *state;
-	nftw(fx->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	rm_tree(fx->dir);
 	event_free(fx->tick);
 	event_base_free(fx->base);
 	free(fx->dir);
@@ -97,30 +92,6 @@ static void run_idle(struct fx *fx, struct aio *a)
 static char *path_join(const char *a, const char *b)
 {
 	return xasprintf("%s/%s", a, b);
-}
-
-static void write_file(const char *path, const char *data, size_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	assert_true(fd != -1);
-	assert_int_equal(util_write_all(fd, data, len), 0);
-	close(fd);
-}
-
-static char *slurp(const char *path, size_t *len_r)
-{
-	struct buf b;
-	char tmp[4096];
-	int fd = open(path, O_RDONLY);
-	assert_true(fd != -1);
-	buf_init(&b, SIZE_MAX / 2);
-	ssize_t n;
-	while ((n = read(fd, tmp, sizeof(tmp))) > 0)
-		buf_append(&b, tmp, (size_t)n);
-	close(fd);
-	if (b.data == NULL)
-		buf_append(&b, "", 0);
-	return buf_steal(&b, len_r);
 }
 
 /* Entries of dir not starting with '.'; *name_r = the last one seen (malloc'ed). */
