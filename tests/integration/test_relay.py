@@ -1172,6 +1172,8 @@ class DiskFull(RelayTestCase):
         qid, _ = self.submit(a, [BOB], content)
         self.wait_event(a, "relay.deferred", msgid=qid, timeout=5)
         wait_until(lambda: sorted(a.queue_files()) == [f"{qid}.env", f"{qid}.msg"], timeout=5, what="entry")
+        # the deferral's state update (written on a worker after the log line) has landed
+        wait_until(lambda: "\nattempts 1\n" in a.queue_entry(qid)[0], timeout=5, what="attempts 1 on disk")
         env_before, _ = a.queue_entry(qid)
 
         filler = self.fill(a.data_dir)
